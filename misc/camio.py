@@ -1,0 +1,177 @@
+"""The only reader and writer of artefacts under the work directory (SPEC A4).
+
+Layout (everything below --work_dir):
+    meta/               image lists and cls_labels.npz built from the dataset (voc12.make_cls_labels)
+    ckpt/               res50_sfc.pth (what make_cam loads), res50_sfc_final.pth, res50_sfc_best_gt.pth,
+                        sfc_resume.pth (training state for resume)
+    cam/<id>.npz        keys int64 (K,), cam float32 (K,H,W), proto_cam float32 (K,H,W)
+    ir_label/<id>.png   uint8 0 bg, 1..C classes, 255 ignore
+    sem_seg/<id>.png    uint8 class ids; sem_seg_palette/<id>.png colour copies
+    metrics/<step>.json {"miou", "iou": {class: value}, "n_images", ...}
+    vis/                overlays and contact sheets
+Every file is written to a temporary name in the same folder and renamed into place, so a killed run
+never leaves a truncated artefact that a later step reads.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+from PIL import Image
+
+CAM_KEYS = ('keys', 'cam', 'proto_cam')
+SUBDIRS = {'meta_dir': 'meta', 'ckpt_dir': 'ckpt', 'cam_dir': 'cam', 'ir_label_dir': 'ir_label',
+           'sem_seg_dir': 'sem_seg', 'sem_seg_palette_dir': 'sem_seg_palette', 'metrics_dir': 'metrics',
+           'vis_dir': 'vis'}
+SFC_WEIGHTS = 'res50_sfc.pth'
+SFC_FINAL = 'res50_sfc_final.pth'
+SFC_BEST_GT = 'res50_sfc_best_gt.pth'
+SFC_RESUME = 'sfc_resume.pth'
+
+
+def work_layout(work_dir):
+    return {k: os.path.join(work_dir, v) for k, v in SUBDIRS.items()}
+
+
+def _atomic(path, write):
+    """write(tmp_path) then rename onto path."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=d)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# --- CAM arrays -------------------------------------------------------------------------------------------
+def cam_path(cam_dir, name):
+    return os.path.join(cam_dir, name + '.npz')
+
+
+def save_cam(path, keys, cam, proto_cam):
+    keys = np.asarray(keys, dtype=np.int64)
+    cam = np.ascontiguousarray(cam, dtype=np.float32)
+    proto_cam = np.ascontiguousarray(proto_cam, dtype=np.float32)
+    if keys.ndim != 1 or keys.size == 0 or keys[0] != 0:
+        raise ValueError(f'{path}: keys must be [0, class ids...], got {keys}')
+    if cam.shape != proto_cam.shape or cam.ndim != 3 or cam.shape[0] != keys.size:
+        raise ValueError(f'{path}: cam {cam.shape} / proto_cam {proto_cam.shape} do not match keys {keys.shape}')
+
+    def write(tmp):
+        with open(tmp, 'wb') as f:
+            np.savez(f, keys=keys, cam=cam, proto_cam=proto_cam)
+    _atomic(path, write)
+
+
+def keys_from_label(label):
+    """keys = [0, present class ids...] from a (N_CAT,) multi-hot image label (SPEC B4 step 5)."""
+    return np.concatenate([[0], np.nonzero(np.asarray(label) > 0)[0] + 1]).astype(np.int64)
+
+
+def load_cam(path):
+    """Read a cam/<id>.npz; checks the schema and says which file is wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'CAM file {path} is missing: run the make_cam step (--make_cam_pass True) '
+                                f'on a list that contains this image')
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in CAM_KEYS}
+    except KeyError as e:
+        raise ValueError(f'CAM file {path} lacks array {e}; expected {CAM_KEYS} (SPEC A4). Re-run make_cam.') from None
+    except Exception as e:
+        raise ValueError(f'CAM file {path} cannot be read ({e}); delete it and re-run make_cam') from None
+    k = out['keys']
+    if k.ndim != 1 or out['cam'].shape != out['proto_cam'].shape or out['cam'].shape[0] != k.size:
+        raise ValueError(f'CAM file {path}: keys {k.shape}, cam {out["cam"].shape}, proto_cam '
+                         f'{out["proto_cam"].shape} are inconsistent; re-run make_cam')
+    return out
+
+
+def is_complete_cam(path):
+    """True when path holds a readable CAM file (used to skip finished work on re-runs)."""
+    try:
+        load_cam(path)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+# --- label PNGs -------------------------------------------------------------------------------------------
+def write_label(path, label, palette=None):
+    """uint8 single-channel PNG; with palette (N,3 uint8) a P-mode image whose indices are the labels."""
+    arr = np.asarray(label)
+    if arr.ndim != 2:
+        raise ValueError(f'{path}: a label map must be 2-D, got {arr.shape}')
+    if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
+        raise ValueError(f'{path}: label values must lie in 0..255')
+    img = Image.fromarray(arr.astype(np.uint8), mode='L' if palette is None else 'P')
+    if palette is not None:
+        img.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
+    _atomic(path, lambda tmp: img.save(tmp, format='PNG'))
+
+
+def read_label(path):
+    """uint8 (H,W) label map; palette PNGs give their indices (PIL keeps them, imageio may expand to RGB)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ('P', 'L', 'I', 'I;16'):
+                raise ValueError(f'{path}: expected a single-channel or palette PNG, got mode {img.mode}')
+            return np.array(img).astype(np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'label file {path} is missing') from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f'label file {path} cannot be decoded ({e})') from None
+
+
+def write_image(path, rgb):
+    _atomic(path, lambda tmp: Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format='PNG'))
+
+
+# --- json and checkpoints -----------------------------------------------------------------------------------
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _jsonable(o.tolist())
+    if isinstance(o, (np.floating, float)):
+        o = float(o)
+        return None if o != o else o
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
+
+
+def save_json(path, obj):
+    text = json.dumps(_jsonable(obj), indent=2, sort_keys=False)
+
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text + '\n')
+    _atomic(path, write)
+
+
+def load_json(path):
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def save_checkpoint(obj, path):
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path):
+    """torch.load with weights_only=True (no pickled code runs) onto the CPU."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path} does not exist')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f'checkpoint {path} cannot be read with weights_only=True ({e})') from None

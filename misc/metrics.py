@@ -1,0 +1,59 @@
+"""Confusion matrix and IoU metrics (replaces chainercv's calc_semantic_segmentation_confusion)."""
+import numpy as np
+
+IGNORE = 255
+
+
+class ConfusionMatrix:
+    """Streaming (gt, pred) counts over n classes; GT pixels equal to `ignore` are skipped.
+
+    Entry [g, p] counts pixels with ground truth g predicted as p, as in chainercv. A GT value outside
+    0..n-1 other than `ignore`, or a prediction outside 0..n-1, is an error (it would be silently
+    dropped by slicing, as the authors' [:21, :21] does for 255).
+    """
+
+    def __init__(self, n_classes, ignore=IGNORE):
+        self.n = int(n_classes)
+        self.ignore = ignore
+        self.mat = np.zeros((self.n, self.n), dtype=np.int64)
+
+    def update(self, gt, pred, name=None):
+        gt = np.asarray(gt)
+        pred = np.asarray(pred)
+        if gt.shape != pred.shape:
+            raise ValueError(f'{name or "image"}: GT shape {gt.shape} differs from prediction shape {pred.shape}')
+        keep = gt != self.ignore
+        g = gt[keep].astype(np.int64)
+        p = pred[keep].astype(np.int64)
+        if g.size and (g.min() < 0 or g.max() >= self.n):
+            raise ValueError(f'{name or "image"}: GT class id {int(g.max())} outside 0..{self.n - 1} (ignore={self.ignore})')
+        if p.size and (p.min() < 0 or p.max() >= self.n):
+            raise ValueError(f'{name or "image"}: predicted class id {int(p.max())} outside 0..{self.n - 1}')
+        self.mat += np.bincount(g * self.n + p, minlength=self.n * self.n).reshape(self.n, self.n)
+        return self
+
+    def scores(self):
+        return scores_from_confusion(self.mat)
+
+
+def scores_from_confusion(mat):
+    """IoU, precision, recall and confusion-with-other-foreground per class; NaN where undefined."""
+    mat = np.asarray(mat, dtype=np.float64)
+    tp = np.diag(mat)
+    gt = mat.sum(1)
+    pred = mat.sum(0)
+    union = gt + pred - tp
+    with np.errstate(divide='ignore', invalid='ignore'):
+        iou = tp / union
+        precision = tp / pred
+        recall = tp / gt
+        # share of class c's GT pixels predicted as another foreground class (over-activation of the
+        # others / under-activation of c); background (index 0) is excluded from "other".
+        other_fg = mat[:, 1:].sum(1) - np.where(np.arange(len(tp)) > 0, tp, 0)
+        to_other_fg = other_fg / gt
+        # the authors' eval_sem_seg figures: fp = 1 - gt/union, fn = 1 - pred/union
+        fp = 1 - gt / union
+        fn = 1 - pred / union
+    return {'iou': iou, 'miou': float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float('nan'),
+            'precision': precision, 'recall': recall, 'to_other_fg': to_other_fg, 'fp': fp, 'fn': fn,
+            'gt_pixels': gt.astype(np.int64), 'pred_pixels': pred.astype(np.int64)}

@@ -1,0 +1,97 @@
+"""Device choice, seeding, the authors' poly-decay SGD, and sharded inference."""
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_device(name):
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error, not a silent fallback."""
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('--device cuda was requested but torch sees no CUDA device; use --device cpu or auto')
+    if name not in ('cpu', 'cuda'):
+        raise ValueError(f'--device must be auto, cpu or cuda, got {name!r}')
+    return name
+
+
+def set_seed(seed, deterministic=False):
+    """Seed Python, NumPy and torch (CPU and CUDA). Called by each step, never at import time."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+class PolyOptimizer(torch.optim.SGD):
+    """SGD with lr_i = lr0_i * (1 - g / max_step) ** power, set before every update.
+
+    The authors' PolyOptimizerSGD (SIPE/tool/torchutils.py:14) passes weight_decay positionally into
+    SGD's momentum slot, so their effective momentum is 1e-4 and their "momentum=0.9" is the poly power
+    (SPEC B3.2). Both are explicit here; the defaults reproduce the authors.
+    """
+
+    def __init__(self, params, lr, weight_decay, max_step, momentum=1e-4, power=0.9):
+        super().__init__(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+        self.global_step = 0
+        self.max_step = int(max_step)
+        self.power = float(power)
+        self.initial_lr = [g['lr'] for g in self.param_groups]
+
+    def lr_at(self, step):
+        """The learning rates used for the update with counter `step`."""
+        if step < self.max_step:
+            f = (1 - step / self.max_step) ** self.power
+            return [lr * f for lr in self.initial_lr]
+        return [g['lr'] for g in self.param_groups]
+
+    def step(self, closure=None):
+        for g, lr in zip(self.param_groups, self.lr_at(self.global_step)):
+            g['lr'] = lr
+        out = super().step(closure)
+        self.global_step += 1
+        return out
+
+    def state_dict(self):
+        d = super().state_dict()
+        d['poly'] = {'global_step': self.global_step, 'max_step': self.max_step, 'power': self.power,
+                     'initial_lr': list(self.initial_lr)}
+        return d
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        poly = state_dict.pop('poly')
+        super().load_state_dict(state_dict)
+        self.global_step = int(poly['global_step'])
+        self.max_step, self.power = int(poly['max_step']), float(poly['power'])
+        self.initial_lr = list(poly['initial_lr'])
+
+
+def inference_devices(device):
+    """One device per shard: every visible GPU for cuda, a single in-process shard for cpu."""
+    if device == 'cuda' and torch.cuda.device_count() > 1:
+        return [f'cuda:{i}' for i in range(torch.cuda.device_count())]
+    return [device]
+
+
+def run_sharded(work, args, indices):
+    """Run work(shard_index, shard_indices, device, args) over every visible GPU (one process each), or
+    in-process on one device. `work` must be a module-level function so that it can be spawned."""
+    devices = inference_devices(args.device)
+    shards = [indices[i::len(devices)] for i in range(len(devices))]
+    if len(devices) == 1:
+        work(0, shards[0], devices[0], args)
+        return
+    torch.multiprocessing.spawn(_spawn_entry, args=(work, shards, devices, args), nprocs=len(devices), join=True)
+
+
+def _spawn_entry(rank, work, shards, devices, args):
+    torch.cuda.set_device(devices[rank])
+    work(rank, shards[rank], devices[rank], args)

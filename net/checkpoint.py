@@ -1,0 +1,34 @@
+"""Strict state-dict loading with errors that name the offending tensors (SPEC A3)."""
+import torch
+
+
+def unwrap_state_dict(obj):
+    """Accepts {'net': sd}, {'state_dict': sd}, {'model': sd} or a plain sd; strips DataParallel's 'module.'."""
+    sd = obj
+    for key in ('net', 'state_dict', 'model'):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError('checkpoint does not hold a state dict of tensors')
+    return {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
+
+
+def load_strict(model, sd, source='checkpoint', ignored=()):
+    """Load sd into model; every model tensor must be present with its shape, and every sd key used
+    (apart from those in `ignored`). Raises ValueError naming missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own and k not in ignored]
+    shaped = [f'{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}'
+              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shaped:
+        msg = [f'{source} does not match the network:']
+        if missing:
+            msg.append(f'  missing tensors ({len(missing)}): {", ".join(missing[:8])}' + (' ...' if len(missing) > 8 else ''))
+        if unexpected:
+            msg.append(f'  unexpected tensors ({len(unexpected)}): {", ".join(unexpected[:8])}' + (' ...' if len(unexpected) > 8 else ''))
+        if shaped:
+            msg.append(f'  mis-shaped tensors ({len(shaped)}): ' + '; '.join(shaped[:8]))
+        raise ValueError('\n'.join(msg))
+    model.load_state_dict({k: sd[k] for k in own}, strict=True)

@@ -1,0 +1,159 @@
+"""SFC pipeline orchestrator: one parser, typed flags grouped by step, `--<step>_pass True` runs step/<step>.py.
+
+    python run_sample.py --voc12_root VOCdevkit/VOC2012 --work_dir work/voc --train_sfc_pass True ...
+
+Defaults are the authors' (SPEC Part B) with this project's decisions (SPEC Part A); each flag names
+where its number comes from. Every output goes below --work_dir (layout in misc/camio.py).
+"""
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+from misc import camio
+from misc.pyutils import Tee, format_seconds, format_table, str2bool
+
+STEPS = ('train_sfc', 'make_cam', 'eval_cam')
+PASS_ALIASES = {'train_cam': 'train_sfc'}  # IRN-style name accepted for SFC training
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument_group('Environment')
+    a.add_argument('--dataset', default='voc12', choices=('voc12',))
+    a.add_argument('--voc12_root', default=None, type=str, help='VOC2012 folder (JPEGImages/, SegmentationClass/, ...)')
+    a.add_argument('--work_dir', default='work/voc', type=str, help='every output goes below this folder')
+    a.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    a.add_argument('--num_workers', default=max(1, (os.cpu_count() or 2) // 2), type=int,
+                   help='data-loading workers (authors: cpu_count//2 for inference, 8 for training)')
+    a.add_argument('--seed', default=10, type=int, help='seeds every stage (SFC/train_resnet50_SFC.py:99)')
+    a.add_argument('--deterministic', default=False, type=str2bool, help='cuDNN deterministic mode')
+    a.add_argument('--log', default=True, type=str2bool, help='tee stdout into work_dir/run.log')
+
+    a = p.add_argument_group('Data (lists default to work_dir/meta, built by voc12.make_cls_labels)')
+    a.add_argument('--train_list', default=None, type=str, help='images SFC trains on (default meta/train_aug.txt)')
+    a.add_argument('--infer_list', default=None, type=str, help='images make_cam runs on (default meta/train_aug.txt)')
+    a.add_argument('--eval_list', default=None, type=str, help='images with GT that eval_cam scores (default meta/train.txt)')
+    a.add_argument('--cls_labels', default=None, type=str, help='image-level labels (default meta/cls_labels.npz)')
+
+    a = p.add_argument_group('Backbone')
+    a.add_argument('--backbone_weights', default='imagenet', type=str,
+                   help="'imagenet' (torchvision resnet50-19c8e357.pth URL), a local path, or 'none' (random init)")
+    a.add_argument('--backbone_width', default=64, type=int, help='64 = the real ResNet-50; smaller for demo/tests')
+
+    a = p.add_argument_group('SFC training (train_sfc)')
+    a.add_argument('--sfc_batch_size', default=16, type=int, help='SFC/train_resnet50_SFC.py:86')
+    a.add_argument('--sfc_num_epoches', default=6, type=int, help='SFC/train_resnet50_SFC.py:87')
+    a.add_argument('--sfc_lr', default=0.1, type=float, help='backbone lr (SFC/train_resnet50_SFC.py:89)')
+    a.add_argument('--sfc_new_layer_lr_mult', default=10.0, type=float, help='new layers 10x (:123-126)')
+    a.add_argument('--sfc_weight_decay', default=1e-4, type=float, help='SFC/train_resnet50_SFC.py:91')
+    a.add_argument('--sfc_momentum', default=1e-4, type=float,
+                   help='effective SGD momentum: wd passed positionally as momentum (SIPE/tool/torchutils.py:14)')
+    a.add_argument('--sfc_poly_power', default=0.9, type=float, help="the 'momentum=0.9' is the poly power (torchutils.py:26)")
+    a.add_argument('--sfc_grad_clip', default=1.0, type=float, help='global grad-norm clip (:260)')
+    a.add_argument('--sfc_crop_size', default=512, type=int, help='random crop, hard-coded 512 (:115)')
+    a.add_argument('--sfc_resize_long_aug', default=False, type=str2bool,
+                   help="random resize-long; off in the authors' branch (SPEC A1)")
+    a.add_argument('--sfc_resize_long', default=[320, 640], nargs=2, type=int, help='SIPE range, inclusive (:114)')
+    a.add_argument('--sfc_hor_flip', default=False, type=str2bool, help="random flip; off in the authors' branch (A1)")
+    a.add_argument('--sfc_half_scale', default=0.5, type=float, help='second forward scale (:143, :170)')
+    a.add_argument('--sfc_bank_samples', default=4, type=int, help='bank images appended per step (:158-168)')
+    a.add_argument('--sfc_pdw_weight', default=1.6, type=float, help='L_PDW (lossGSC) weight (:225)')
+    a.add_argument('--sfc_wdw_weight', default=0.8, type=float, help='L_WDW (cross-scale) weight (:254)')
+    a.add_argument('--sfc_proto_bg_factor', default=0.3, type=float, help='bg scale in prototype seeds (resnet50_SFC.py:49)')
+    a.add_argument('--sfc_dc_offset', default='396', type=str,
+                   help="count offset of the DC weights: 396 = 660*4*3/20, the authors' VOC constant (:198); "
+                        "'auto' = steps/epoch * bank images * 3 / classes of this run (SPEC A5)")
+    a.add_argument('--sfc_ibr', default=True, type=str2bool, help='ablation: Image Bank Re-sampling')
+    a.add_argument('--sfc_pdw', default=True, type=str2bool, help='ablation: L_PDW (prototype consistency)')
+    a.add_argument('--sfc_wdw', default=True, type=str2bool, help='ablation: L_WDW (cross-scale consistency)')
+    a.add_argument('--sfc_dc_weights', default=True, type=str2bool, help='ablation: distribution-calibrating weights')
+    a.add_argument('--sfc_select_on_gt', default=True, type=str2bool,
+                   help="authors' checkpoint choice on PIXEL GT of --sfc_val_list (SPEC A1); False = final weights")
+    a.add_argument('--sfc_val_list', default=None, type=str, help='GT list for --sfc_select_on_gt (default --eval_list)')
+    a.add_argument('--sfc_val_freq', default=300, type=int, help='validate when (g-1)%%300==0 and g>10 (:94-96)')
+    a.add_argument('--sfc_print_freq', default=10, type=int, help=':94')
+    a.add_argument('--sfc_ckpt_freq', default=100, type=int, help='steps between resume checkpoints')
+    a.add_argument('--sfc_resume', default=True, type=str2bool, help='continue from ckpt/sfc_resume.pth if present')
+    a.add_argument('--sfc_calibrate_bn', default=True, type=str2bool,
+                   help='with --backbone_weights none: set BN statistics from training crops before step 0')
+
+    a = p.add_argument_group('CAM inference (make_cam) and evaluation (eval_cam)')
+    a.add_argument('--sfc_weights', default=None, type=str, help='checkpoint make_cam loads (default ckpt/res50_sfc.pth)')
+    a.add_argument('--cam_scales', default=[1.0, 0.5, 1.5, 2.0], nargs='+', type=float, help='SFC/make_cam.py:118')
+    a.add_argument('--cam_bg_offset', default=0.4, type=float, help="bg + 0.4 ('pad 0.4', make_cam.py:63, :74)")
+    a.add_argument('--cam_fg_scale', default=2.0, type=float, help='fg x2, the side effect of the same line')
+    a.add_argument('--cam_norm_eps', default=1e-5, type=float, help='max-normalisation eps (make_cam.py:61, :73)')
+    a.add_argument('--cam_skip_existing', default=True, type=str2bool, help='skip images whose cam/<id>.npz is complete')
+    a.add_argument('--cam_eval_source', default=['proto_cam'], nargs='+', choices=('proto_cam', 'cam', 'fused'),
+                   help='CAM(s) scored; the authors score proto_cam only (SFC/eval_cam.py:20)')
+    a.add_argument('--cam_eval_fuse_weight', default=0.3, type=float,
+                   help='fused = cam + w * proto_cam (the commented final_cam, SFC/make_cam.py:81)')
+    a.add_argument('--cam_vis_count', default=0, type=int, help='CAM overlay PNGs written to vis/cam/')
+
+    a = p.add_argument_group('Steps (True runs the step)')
+    for s in STEPS:
+        a.add_argument(f'--{s}_pass', default=False, type=str2bool)
+    for alias, target in PASS_ALIASES.items():
+        a.add_argument(f'--{alias}_pass', default=False, type=str2bool, help=f'alias of --{target}_pass')
+    return p
+
+
+def finalize_args(args):
+    """The one place that resolves paths below work_dir, the device and the defaults that depend on them."""
+    from misc.torchutils import resolve_device
+    for alias, target in PASS_ALIASES.items():
+        if getattr(args, f'{alias}_pass'):
+            setattr(args, f'{target}_pass', True)
+    args.device = resolve_device(args.device)
+    args.work_dir = os.path.abspath(args.work_dir)
+    for k, v in camio.work_layout(args.work_dir).items():
+        setattr(args, k, v)
+        os.makedirs(v, exist_ok=True)
+    meta = args.meta_dir
+    args.train_list = args.train_list or os.path.join(meta, 'train_aug.txt')
+    args.infer_list = args.infer_list or os.path.join(meta, 'train_aug.txt')
+    args.eval_list = args.eval_list or os.path.join(meta, 'train.txt')
+    args.sfc_val_list = args.sfc_val_list or args.eval_list
+    args.cls_labels = args.cls_labels or os.path.join(meta, 'cls_labels.npz')
+    args.sfc_weights = args.sfc_weights or os.path.join(args.ckpt_dir, camio.SFC_WEIGHTS)
+    root_flag = {'voc12': 'voc12_root', 'coco14': 'coco14_root'}[args.dataset]
+    args.dataset_root = getattr(args, root_flag, None)
+    if any(getattr(args, f'{s}_pass') for s in STEPS) and not args.dataset_root:
+        raise SystemExit(f'error: --{root_flag} is required')
+    if args.sfc_dc_offset != 'auto':
+        try:
+            float(args.sfc_dc_offset)
+        except ValueError:
+            raise SystemExit(f"error: --sfc_dc_offset must be a number or 'auto', got {args.sfc_dc_offset!r}")
+    return args
+
+
+def main(argv=None):
+    args = finalize_args(get_parser().parse_args(argv))
+    steps = [s for s in STEPS if getattr(args, f'{s}_pass')]
+    results, timings = {}, []
+    log = Tee(os.path.join(args.work_dir, 'run.log')) if args.log else None
+    if log:
+        log.__enter__()
+    try:
+        camio.save_json(os.path.join(args.work_dir, 'args.json'), vars(args))
+        print(f'work dir {args.work_dir}, device {args.device}, steps: {", ".join(steps) or "none"}')
+        for s in steps:
+            t0 = time.perf_counter()
+            print(f'=== {s} ===')
+            results[s] = importlib.import_module(f'step.{s}').run(args)
+            timings.append([s, format_seconds(time.perf_counter() - t0)])
+            print(f'=== {s} done in {timings[-1][1]} ===')
+        if timings:
+            print(format_table(['step', 'time'], timings))
+    finally:
+        if log:
+            log.__exit__(None, None, None)
+    return results
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

@@ -1,0 +1,99 @@
+"""eval_cam (SPEC B5): CAM seeds vs pixel GT on --eval_list -> metrics/eval_cam.json and a per-class table.
+
+Prediction = keys[argmax over the stored channels] (ties -> background), with the CAM chosen by
+--cam_eval_source: proto_cam (the authors' IS_CAM, default), cam (PCM classifier CAM, IS_CAM1) or fused
+(cam + --cam_eval_fuse_weight * proto_cam); several may be given, the first is the headline. Confusion
+counts skip GT 255. Per class: IoU, precision, recall and the share of its GT pixels predicted as another
+foreground class (the over/under-activation SFC targets).
+"""
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from misc import camio
+from misc.dataset import get_dataset
+from misc.metrics import ConfusionMatrix
+from misc.pyutils import format_table
+from misc.visualize import cam_panels
+
+SOURCES = ('proto_cam', 'cam', 'fused')
+
+
+def select_score(cams, source, fuse_weight):
+    if source == 'proto_cam':
+        return cams['proto_cam']
+    if source == 'cam':
+        return cams['cam']
+    if source == 'fused':
+        return cams['cam'] + fuse_weight * cams['proto_cam']
+    raise ValueError(f'--cam_eval_source {source!r}: choose from {SOURCES}')
+
+
+def predict(cams, source, fuse_weight):
+    """(H,W) class ids: keys[argmax]."""
+    score = select_score(cams, source, fuse_weight)
+    return cams['keys'][np.argmax(score, axis=0)].astype(np.uint8)
+
+
+def check_keys(cams, label, name):
+    keys = camio.keys_from_label(label)
+    if not np.array_equal(cams['keys'], keys):
+        raise ValueError(f'CAM file of {name}: keys {cams["keys"].tolist()} disagree with the image labels '
+                         f'{keys.tolist()} in --cls_labels; re-run make_cam for it (delete the file)')
+
+
+def metrics_dict(scores, class_names, n_images, **extra):
+    per = lambda v: {n: float(x) for n, x in zip(class_names, v)}
+    return {'miou': scores['miou'], 'iou': per(scores['iou']), 'n_images': n_images,
+            'precision': per(scores['precision']), 'recall': per(scores['recall']),
+            'to_other_fg': per(scores['to_other_fg']), 'gt_pixels': per(scores['gt_pixels']), **extra}
+
+
+def print_table(title, scores, class_names):
+    rows = [[n, scores['iou'][i], scores['precision'][i], scores['recall'][i], scores['to_other_fg'][i],
+             int(scores['gt_pixels'][i])] for i, n in enumerate(class_names)]
+    rows.append(['mIoU', scores['miou'], float(np.nanmean(scores['precision'])), float(np.nanmean(scores['recall'])),
+                 float(np.nanmean(scores['to_other_fg'][1:])), int(scores['gt_pixels'].sum())])
+    print(title)
+    print(format_table(['class', 'IoU', 'precision', 'recall', 'to_other_fg', 'gt_pixels'], rows))
+
+
+def run(args):
+    ds_mod = get_dataset(args)
+    names_ds = ds_mod.ImageDataset(args.eval_list, args.dataset_root)
+    labels = ds_mod.load_cls_labels(args.cls_labels)
+    layout = names_ds.layout
+    class_names = layout.class_names()
+    sources = list(args.cam_eval_source)
+    for s in sources:
+        if s not in SOURCES:
+            raise ValueError(f'--cam_eval_source {s!r}: choose from {SOURCES}')
+    confs = {s: ConfusionMatrix(len(class_names)) for s in sources}
+    vis_dir = os.path.join(args.vis_dir, 'cam')
+    for i, name in enumerate(tqdm(names_ds.names, desc='eval_cam', dynamic_ncols=True, mininterval=5)):
+        cams = camio.load_cam(camio.cam_path(args.cam_dir, name))
+        if name in labels:
+            check_keys(cams, labels[name], name)
+        gt = ds_mod.load_gt(args.dataset_root, name, layout)
+        if gt.shape != cams['cam'].shape[1:]:
+            raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from GT size {gt.shape}')
+        for s in sources:
+            pred = predict(cams, s, args.cam_eval_fuse_weight)
+            confs[s].update(gt, pred, name)
+        if i < args.cam_vis_count:
+            pred = predict(cams, sources[0], args.cam_eval_fuse_weight)
+            img = names_ds.read(name)
+            camio.write_image(os.path.join(vis_dir, name + '.png'),
+                              cam_panels(img, select_score(cams, sources[0], args.cam_eval_fuse_weight),
+                                         cams['keys'], gt, pred))
+    results = {}
+    for s in sources:
+        sc = confs[s].scores()
+        results[s] = metrics_dict(sc, class_names, len(names_ds))
+        print_table(f'eval_cam: {s} on {args.eval_list} ({len(names_ds)} images)', sc, class_names)
+    head = dict(results[sources[0]])
+    head.update({'source': sources[0], 'sources': results, 'eval_list': args.eval_list})
+    camio.save_json(os.path.join(args.metrics_dir, 'eval_cam.json'), head)
+    print('  ' + '  '.join(f'{s} mIoU {results[s]["miou"]:.4f}' for s in sources))
+    return head

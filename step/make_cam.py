@@ -1,0 +1,79 @@
+"""make_cam (SPEC B4): multi-scale + flip CAMs of every image of --infer_list -> cam/<id>.npz (SPEC A4).
+
+Per image and scale the CAM network returns the PCM CAM and the prototype CAM (C,h_s,w_s); each kept
+channel is upsampled bilinearly (align_corners=False) to the image size, summed over scales, divided by
+its max + 1e-5; then background + 0.4 and every foreground channel x 2 (what the authors' "pad 0.4" line
+computes). Only the channels in keys = [0, present classes] are computed and stored.
+Runs one process per visible GPU, or in-process on CPU; images whose CAM file is complete are skipped.
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from misc import camio
+from misc.dataset import get_dataset, num_classes
+from misc.torchutils import run_sharded
+from net import resnet50_sfc
+
+
+def postprocess(maps, size, keys, eps=1e-5, bg_offset=0.4, fg_scale=2.0):
+    """maps: per-scale (C,h_s,w_s) tensors in summation order -> (K,H,W) float32 for the channels `keys`."""
+    keys_t = torch.as_tensor(np.asarray(keys), dtype=torch.long, device=maps[0].device)
+    acc = None
+    for m in maps:
+        up = F.interpolate(m[keys_t][None].float(), size=tuple(int(v) for v in size), mode='bilinear',
+                           align_corners=False)[0]
+        acc = up if acc is None else acc + up
+    acc = acc / (acc.amax(dim=(1, 2), keepdim=True) + eps)
+    acc[0] += bg_offset
+    acc[1:] *= fg_scale
+    return acc
+
+
+def load_cam_model(args, device):
+    model = resnet50_sfc.CAM(num_classes(args), backbone_width=args.backbone_width, backbone_weights='none',
+                             bg_factor=args.sfc_proto_bg_factor)
+    resnet50_sfc.load_sfc_weights(model, camio.load_checkpoint(args.sfc_weights), args.sfc_weights)
+    return model.eval().to(device)
+
+
+def _work(rank, indices, device, args):
+    device = torch.device(device)
+    ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels,
+                                                    scales=args.cam_scales)
+    model = load_cam_model(args, device)
+    n_cls = num_classes(args)
+    for idx in tqdm(indices, desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
+        pack = ds[idx]
+        keys = camio.keys_from_label(pack['label'])
+        label = torch.zeros(n_cls, device=device)
+        label[torch.as_tensor(keys, device=device)] = 1
+        cams, protos = [], []
+        with torch.inference_mode():
+            for img in pack['img']:
+                cam, proto, _ = model(torch.from_numpy(img).to(device), label)
+                cams.append(cam)
+                protos.append(proto)
+            kw = dict(eps=args.cam_norm_eps, bg_offset=args.cam_bg_offset, fg_scale=args.cam_fg_scale)
+            cam = postprocess(cams, pack['size'], keys, **kw)
+            proto = postprocess(protos, pack['size'], keys, **kw)
+        camio.save_cam(camio.cam_path(args.cam_dir, pack['name']), keys, cam.cpu().numpy(), proto.cpu().numpy())
+
+
+def run(args):
+    ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels,
+                                                    scales=args.cam_scales)
+    if not os.path.isfile(args.sfc_weights):
+        raise FileNotFoundError(f'--sfc_weights {args.sfc_weights} does not exist: run train_sfc first '
+                                f'(--train_sfc_pass True) or point --sfc_weights at a checkpoint')
+    todo = list(range(len(ds)))
+    if args.cam_skip_existing:
+        todo = [i for i in todo if not camio.is_complete_cam(camio.cam_path(args.cam_dir, ds.names[i]))]
+    print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(todo)} already done, {len(todo)} to do; '
+          f'scales {tuple(args.cam_scales)}; weights {args.sfc_weights}')
+    if todo:
+        run_sharded(_work, args, todo)
+    return {'n_images': len(ds), 'computed': len(todo)}

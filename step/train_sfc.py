@@ -1,0 +1,243 @@
+"""SFC training (SPEC B3): ResNet-50 CAM classifier with Image Bank Re-sampling and the MSDW loss.
+
+Per step: a batch of B crops plus `sfc_bank_samples` bank images (B+4 = 20 for VOC); a second forward
+at half scale; L = L_cls + 1.6 L_PDW + 0.8 L_WDW; global grad-norm clip 1.0; PolyOptimizer with the
+authors' momentum quirk. Every SFC component can be switched off (--sfc_ibr, --sfc_pdw, --sfc_wdw,
+--sfc_dc_weights); with all four off this is the plain CAM baseline.
+
+Writes under ckpt/: res50_sfc_final.pth, res50_sfc_best_gt.pth (only with --sfc_select_on_gt) and
+res50_sfc.pth (the one make_cam loads: best-on-GT when selection is on, else final), each {'net': sd};
+sfc_resume.pth holds the full training state (model, optimizer, step, bank, RNG) for resuming.
+Differences from the authors that do not change the computation: the in-batch re-shuffle and the dead
+torch.randperm(20) are dropped (they only consume RNG); stage0-2 run without autograd (they never get a
+gradient); the bank lives on the device.
+"""
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from misc import camio
+from misc.dataset import get_dataset, num_classes
+from misc.image_bank import ImageBank
+from misc.metrics import ConfusionMatrix
+from misc.pyutils import AverageMeter, format_seconds
+from misc.torchutils import PolyOptimizer, set_seed
+from net import resnet50_sfc, sfc_loss
+from net.resnet50 import calibrating_batchnorm
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    def __init__(self, indices):
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def epoch_order(seed, epoch, n):
+    """The shuffled order of epoch `epoch`: a pure function of (seed, epoch), so resume is exact."""
+    g = torch.Generator().manual_seed(int(seed) * 100003 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def stride_masks(valid, label, size):
+    """Compact crop masks (N,H,W) + labels (N,C-1) -> (N,C,size,size): channel 0 = real-image area,
+    channel c = that area if class c is present (authors' valid_mask[:,1:] *= label, then nearest)."""
+    m = F.interpolate(valid[:, None].float(), size=(size, size), mode='nearest')
+    return torch.cat([m, m * label[:, :, None, None]], dim=1)
+
+
+def dc_weights(args, counts, steps_per_epoch):
+    if not args.sfc_dc_weights:
+        return np.ones(len(counts), dtype=np.float32)
+    if (counts == 0).any():
+        print(f'  note: {int((counts == 0).sum())} classes have no training image; their DC weight is kept')
+    if str(args.sfc_dc_offset) == 'auto':
+        offset = sfc_loss.dc_offset(steps_per_epoch, args.sfc_bank_samples if args.sfc_ibr else 0, len(counts))
+    else:
+        offset = float(args.sfc_dc_offset)
+    return sfc_loss.msdw_class_weights(counts, offset)
+
+
+def build_model(args, device):
+    model = resnet50_sfc.Net(num_classes(args), backbone_width=args.backbone_width,
+                             backbone_weights=args.backbone_weights, bg_factor=args.sfc_proto_bg_factor)
+    return model.to(device)
+
+
+def validate(model, dataset, device, eps=1e-5):
+    """mIoU of the PCM CAM and the prototype CAM on full images with GT (SPEC B3.9)."""
+    ds_mod = get_dataset(dataset.layout.name)
+    n_cls = dataset.layout.n_cat() + 1
+    confs = {'cam': ConfusionMatrix(n_cls), 'proto_cam': ConfusionMatrix(n_cls)}
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            pack = dataset[i]
+            img = torch.from_numpy(pack['img'])[None].to(device)
+            label = torch.cat([torch.ones(1), torch.from_numpy(pack['label'])]).to(device).view(1, -1, 1, 1)
+            out = model(img, label)
+            gt = ds_mod.load_gt(dataset.root, pack['name'], dataset.layout)
+            for k, conf in confs.items():
+                up = F.interpolate(out[k], size=gt.shape, mode='bilinear', align_corners=False)[0]
+                up = up / (up.amax(dim=(1, 2), keepdim=True) + eps)
+                conf.update(gt, up.argmax(0).cpu().numpy(), pack['name'])
+    return {k: c.scores()['miou'] for k, c in confs.items()}
+
+
+def run(args):
+    device = torch.device(args.device)
+    set_seed(args.seed, args.deterministic)
+    ds_mod = get_dataset(args)
+    crop = args.sfc_crop_size
+    if crop % 32:
+        raise ValueError(f'--sfc_crop_size {crop} must be a multiple of 32 (stride-16 maps at full and half scale)')
+    train_ds = ds_mod.ClassificationDataset(
+        args.train_list, args.dataset_root, args.cls_labels, crop_size=crop,
+        resize_long=tuple(args.sfc_resize_long) if args.sfc_resize_long_aug else None,
+        hor_flip=args.sfc_hor_flip, seed=args.seed)
+    B = args.sfc_batch_size
+    steps_per_epoch = len(train_ds) // B
+    if steps_per_epoch == 0:
+        raise ValueError(f'--train_list {args.train_list} has {len(train_ds)} images, fewer than one batch '
+                         f'(--sfc_batch_size {B})')
+    max_step = steps_per_epoch * args.sfc_num_epoches
+    n_cat = ds_mod.N_CAT
+    counts = train_ds.class_counts()
+    w_cls = dc_weights(args, counts, steps_per_epoch)
+    w_ch = sfc_loss.channel_weights(w_cls).to(device)
+    print(f'  train list {args.train_list}: {len(train_ds)} images, {steps_per_epoch} steps/epoch, '
+          f'{max_step} steps; batch {B} + {args.sfc_bank_samples if args.sfc_ibr else 0} bank images')
+    print(f'  SFC components: IBR={args.sfc_ibr} L_PDW={args.sfc_pdw} L_WDW={args.sfc_wdw} '
+          f'DC weights={args.sfc_dc_weights}')
+
+    model = build_model(args, device)
+    backbone, new = model.trainable_parameters()
+    optimizer = PolyOptimizer(
+        [{'params': backbone, 'lr': args.sfc_lr, 'weight_decay': args.sfc_weight_decay},
+         {'params': new, 'lr': args.sfc_lr * args.sfc_new_layer_lr_mult, 'weight_decay': args.sfc_weight_decay}],
+        lr=args.sfc_lr, weight_decay=args.sfc_weight_decay, max_step=max_step,
+        momentum=args.sfc_momentum, power=args.sfc_poly_power)
+    bank = ImageBank(n_cat, crop, device) if args.sfc_ibr else None
+    bank_gen = torch.Generator().manual_seed(args.seed)
+
+    val_ds = None
+    if args.sfc_select_on_gt:
+        val_ds = ds_mod.ClassificationDataset(args.sfc_val_list, args.dataset_root, args.cls_labels)
+        print(f'  NOTE: checkpoint selection uses PIXEL GT of {args.sfc_val_list} ({len(val_ds)} images) every '
+              f'{args.sfc_val_freq} steps, as the authors did (--sfc_select_on_gt False to use the final weights)')
+
+    ckpt = args.ckpt_dir
+    resume_path = os.path.join(ckpt, camio.SFC_RESUME)
+    start, best = 0, {'score': -1.0, 'step': None}
+    if args.sfc_resume and os.path.isfile(resume_path):
+        state = camio.load_checkpoint(resume_path)
+        resnet50_sfc.load_sfc_weights(model, state['net'], resume_path)
+        optimizer.load_state_dict(state['optimizer'])
+        if bank is not None:
+            bank.load_state_dict(state['bank'])
+        bank_gen.set_state(state['bank_rng'])
+        start, best = int(state['step']), dict(state['best'])
+        if int(state['max_step']) != max_step:
+            raise ValueError(f'{resume_path} was written for {state["max_step"]} steps, this run has {max_step}: '
+                             f'delete it (or the work dir) to start afresh')
+        print(f'  resumed from {resume_path} at step {start}/{max_step}')
+    elif args.backbone_weights == 'none' and args.sfc_calibrate_bn:
+        calibrate(model, train_ds, device, args)
+
+    def save_state(step):
+        camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
+                               'max_step': max_step, 'bank': bank.state_dict() if bank is not None else None,
+                               'bank_rng': bank_gen.get_state(), 'best': best}, resume_path)
+
+    meter = AverageMeter()
+    t0, last_print = time.time(), start
+    s1, s2 = crop // 16, int(round(crop * args.sfc_half_scale)) // 16
+    step = start
+    pbar = tqdm(total=max_step, initial=start, desc='train_sfc', dynamic_ncols=True, mininterval=5)
+    while step < max_step:
+        epoch, within = divmod(step, steps_per_epoch)
+        train_ds.set_epoch(epoch)
+        order = epoch_order(args.seed, epoch, len(train_ds))[within * B: steps_per_epoch * B]
+        loader = torch.utils.data.DataLoader(train_ds, batch_size=B, sampler=_EpochSampler(order),
+                                             num_workers=args.num_workers, pin_memory=device.type == 'cuda',
+                                             drop_last=True)
+        for pack in loader:
+            img = pack['img'].to(device, non_blocking=True)
+            valid = pack['valid_mask'].to(device, non_blocking=True)
+            label = pack['label'].to(device, non_blocking=True)
+            if bank is not None:
+                bank.update(img, valid, label)
+                b_img, b_mask, b_label = bank.sample(args.sfc_bank_samples, bank_gen)
+                img, valid, label = torch.cat([img, b_img]), torch.cat([valid, b_mask]), torch.cat([label, b_label])
+            img2 = F.interpolate(img, scale_factor=args.sfc_half_scale, mode='bilinear', align_corners=True)
+            out1 = model(img, stride_masks(valid, label, s1))
+            out2 = model(img2, stride_masks(valid, label, s2))
+            y = label[:, :, None, None]
+            y_bg = torch.cat([torch.ones_like(y[:, :1]), y], dim=1)
+            loss_cls = sfc_loss.classification_loss(out1['score'], out2['score'], y)
+            loss_pdw = (args.sfc_pdw_weight * sfc_loss.gsc_loss(out1['cam'], out1['proto_cam'], w_ch)
+                        if args.sfc_pdw else torch.zeros((), device=device))
+            loss_wdw = (args.sfc_wdw_weight * sfc_loss.cross_scale_loss(out1['cam'], out2['cam'], y_bg, w_ch)
+                        if args.sfc_wdw else torch.zeros((), device=device))
+            loss = loss_cls + loss_pdw + loss_wdw
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f'train_sfc: non-finite loss at step {step} (cls {loss_cls.item():.4g}, pdw {loss_pdw.item():.4g}, '
+                    f'wdw {loss_wdw.item():.4g}); the last good state stays in {resume_path}. Lower --sfc_lr.')
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.sfc_grad_clip)
+            optimizer.step()
+            meter.add({'cls': loss_cls.item(), 'pdw': loss_pdw.item(), 'wdw': loss_wdw.item()})
+            step += 1
+            pbar.update(1)
+            if (step - 1) % args.sfc_print_freq == 0 or step == max_step:
+                el = time.time() - t0
+                rate = (step - start) / max(el, 1e-9)
+                pbar.write(f'step {step - 1:5d}/{max_step}  lossCLS {meter.pop("cls"):.4f}  L_PDW {meter.pop("pdw"):.4f}  '
+                           f'L_WDW {meter.pop("wdw"):.4f}  lr {optimizer.param_groups[0]["lr"]:.4g}  '
+                           f'{rate * B:.1f} img/s  ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
+            if val_ds is not None and (step - 1) % args.sfc_val_freq == 0 and step > 10:
+                miou = validate(model, val_ds, device)
+                score = miou['cam'] + miou['proto_cam']
+                pbar.write(f'  validation (GT) at step {step}: mIoU cam {miou["cam"]:.4f}  proto_cam '
+                           f'{miou["proto_cam"]:.4f}  sum {score:.4f}' + ('  <- best' if score > best['score'] else ''))
+                if score > best['score']:
+                    best = {'score': score, 'step': step, 'cam': miou['cam'], 'proto_cam': miou['proto_cam']}
+                    camio.save_checkpoint({'net': model.state_dict()}, os.path.join(ckpt, camio.SFC_BEST_GT))
+                save_state(step)
+            elif step % args.sfc_ckpt_freq == 0:
+                save_state(step)
+            if step >= max_step:
+                break
+    pbar.close()
+    save_state(step)
+    camio.save_checkpoint({'net': model.state_dict()}, os.path.join(ckpt, camio.SFC_FINAL))
+    chosen = camio.SFC_FINAL
+    if val_ds is not None and best['step'] is not None:
+        chosen = camio.SFC_BEST_GT
+        print(f'  selected step {best["step"]} on GT (cam {best["cam"]:.4f} + proto_cam {best["proto_cam"]:.4f})')
+    camio.save_checkpoint(camio.load_checkpoint(os.path.join(ckpt, chosen)), os.path.join(ckpt, camio.SFC_WEIGHTS))
+    print(f'  wrote {os.path.join(ckpt, camio.SFC_WEIGHTS)} (= {chosen})')
+    return {'steps': step, 'best': best, 'weights': chosen,
+            'class_weights': dict(zip(train_ds.layout.cat_list, [float(v) for v in w_cls]))}
+
+
+def calibrate(model, dataset, device, args, n_images=None):
+    """Random initialisation only: set every frozen BatchNorm's statistics from training crops, so the
+    randomly initialised backbone starts with unit-scale activations (an explicit choice, printed)."""
+    n = min(len(dataset), n_images or max(args.sfc_batch_size, 32))
+    order = epoch_order(args.seed, 0, len(dataset))[:n]
+    img = torch.stack([torch.from_numpy(dataset[i]['img']) for i in order]).to(device)
+    with torch.no_grad(), calibrating_batchnorm(model.resnet50) as bns:
+        model.resnet50.layer4(model.resnet50.layer3(model.resnet50.layer2(model.resnet50.layer1(
+            model.resnet50.maxpool(model.resnet50.relu(model.resnet50.bn1(model.resnet50.conv1(img))))))))
+    print(f'  random initialisation: calibrated {len(bns)} BatchNorm layers on {n} training crops')

@@ -1,0 +1,219 @@
+"""PASCAL VOC 2012 datasets (SPEC B1). Nothing is read at import time; every path comes from the caller.
+
+Datasets differ only in their `layout` (folders, extensions, class names); coco14 overrides it.
+Samples are dicts: name, img, label (N_CAT,) float32 multi-hot (index k <-> class id k+1), and per dataset
+valid_mask / size.
+"""
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from misc import imutils
+from misc.camio import read_label
+
+CAT_LIST = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
+            'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
+            'tvmonitor']
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
+
+
+class VOC12Layout:
+    """Where a VOC-format root keeps things."""
+    name = 'voc12'
+    cat_list = CAT_LIST
+    img_dir = 'JPEGImages'
+    img_ext = '.jpg'
+    gt_dir = 'SegmentationClass'
+    root_flag = '--voc12_root'
+
+    @classmethod
+    def n_cat(cls):
+        return len(cls.cat_list)
+
+    @classmethod
+    def class_names(cls):
+        return ['background'] + list(cls.cat_list)
+
+    @classmethod
+    def image_path(cls, root, name):
+        return os.path.join(root, cls.img_dir, name + cls.img_ext)
+
+    @classmethod
+    def gt_path(cls, root, name):
+        return os.path.join(root, cls.gt_dir, name + '.png')
+
+
+N_CAT = VOC12Layout.n_cat()
+
+
+def load_img_name_list(path):
+    """Image ids of a list file. Accepts plain id lines ('2007_000032') and the SIPE/SFC format
+    ('/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png'); ids stay strings."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f'image list {path!r} does not exist; build the lists with '
+                                f'`python -m voc12.make_cls_labels --voc12_root ROOT --out_dir WORK/meta` '
+                                f'or pass an existing list file')
+    names = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            tokens = line.split()
+            if not tokens:
+                continue
+            tok = tokens[0]
+            if '/' in tok or tok.lower().endswith(IMAGE_EXTS):
+                tok = os.path.splitext(os.path.basename(tok))[0]
+            names.append(tok)
+    if not names:
+        raise ValueError(f'image list {path} is empty: nothing to process')
+    return names
+
+
+def save_img_name_list(path, names):
+    from misc.camio import _atomic
+
+    def write(tmp):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.writelines(n + '\n' for n in names)
+    _atomic(path, write)
+
+
+def load_cls_labels(path):
+    """dict id -> float32 (N_CAT,) multi-hot, from a cls_labels.npz (names, labels) written by make_cls_labels."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f'class-label file {path!r} does not exist; build it with '
+                                f'`python -m voc12.make_cls_labels --voc12_root ROOT --out_dir WORK/meta` (--cls_labels)')
+    with np.load(path, allow_pickle=False) as z:
+        names, labels = z['names'], z['labels']
+    return {str(n): labels[i].astype(np.float32) for i, n in enumerate(names)}
+
+
+def read_image(path):
+    """RGB uint8 (H,W,3); grayscale and CMYK files are converted. Errors name the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert('RGB'))
+    except FileNotFoundError:
+        raise FileNotFoundError(f'image {path} is missing (listed in the image list but not on disk)') from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f'image {path} cannot be decoded ({e}); replace the file or drop it from the list') from None
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Raw uint8 images of a list (eval, CRF)."""
+    layout = VOC12Layout
+
+    def __init__(self, img_name_list_path, root):
+        if not root or not os.path.isdir(root):
+            raise FileNotFoundError(f'dataset root {root!r} does not exist ({self.layout.root_flag})')
+        if not os.path.isdir(os.path.join(root, self.layout.img_dir)):
+            raise FileNotFoundError(f'dataset root {root} has no {self.layout.img_dir}/ folder '
+                                    f'({self.layout.root_flag} must point at the folder that contains it)')
+        self.root = root
+        self.list_path = img_name_list_path
+        self.names = load_img_name_list(img_name_list_path)
+
+    def __len__(self):
+        return len(self.names)
+
+    def image_path(self, name):
+        return self.layout.image_path(self.root, name)
+
+    def read(self, name):
+        return read_image(self.image_path(name))
+
+    def __getitem__(self, idx):
+        name = self.names[idx]
+        return {'name': name, 'img': self.read(name)}
+
+
+class _Labelled(ImageDataset):
+    def __init__(self, img_name_list_path, root, cls_labels_path):
+        super().__init__(img_name_list_path, root)
+        labels = load_cls_labels(cls_labels_path)
+        missing = [n for n in self.names if n not in labels]
+        if missing:
+            raise KeyError(f'{len(missing)} ids of {img_name_list_path} have no image-level label in '
+                           f'{cls_labels_path} (first: {missing[:3]}); rebuild it with voc12.make_cls_labels')
+        self.labels = np.stack([labels[n] for n in self.names]).astype(np.float32)
+        n_cat = self.layout.n_cat()
+        if self.labels.shape[1] != n_cat:
+            raise ValueError(f'{cls_labels_path} has {self.labels.shape[1]} classes, {self.layout.name} has {n_cat}')
+
+    def class_counts(self):
+        """Images per class over this list (SPEC A5: the MSDW weights come from these)."""
+        return self.labels.sum(0).astype(np.int64)
+
+
+class ClassificationDataset(_Labelled):
+    """SFC training samples (SPEC B1.4): optional random resize-long and flip, random crop.
+
+    The crop's valid mask is stored once (crop, crop) uint8, not as 21 float copies; the training step
+    expands it to bg + class channels at stride 16. Randomness comes from a generator seeded by
+    (seed, epoch, index), so a resumed run sees exactly the crops of an uninterrupted one.
+    crop_size None gives the whole normalised image (validation).
+    """
+
+    def __init__(self, img_name_list_path, root, cls_labels_path, crop_size=None, resize_long=None,
+                 hor_flip=False, seed=0):
+        super().__init__(img_name_list_path, root, cls_labels_path)
+        self.crop_size, self.resize_long, self.hor_flip = crop_size, resize_long, hor_flip
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __getitem__(self, idx):
+        name = self.names[idx]
+        img = self.read(name)
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        if self.resize_long is not None:
+            img = imutils.resize_long(img, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))
+        if self.hor_flip and rng.integers(0, 2):
+            img = np.ascontiguousarray(img[:, ::-1])
+        if self.crop_size is None:
+            out_img = imutils.normalize(img)
+            valid = np.ones(img.shape[:2], dtype=np.uint8)
+        else:
+            c = self.crop_size
+            box = imutils.random_crop_box(rng, img.shape[0], img.shape[1], c)
+            ct, cb, cl, cr, it, ib, il, ir = box
+            out_img = np.zeros((c, c, 3), dtype=np.float32)  # 0 = the mean colour after normalisation
+            out_img[ct:cb, cl:cr] = imutils.normalize(img[it:ib, il:ir])
+            valid = imutils.crop_valid_mask(box, c)
+        return {'name': name, 'img': np.ascontiguousarray(out_img.transpose(2, 0, 1)),
+                'valid_mask': valid, 'label': self.labels[idx]}
+
+
+class ClassificationDatasetMSF(_Labelled):
+    """Multi-scale + flip inference samples (SPEC B1.5): img is a list over scales of (2,3,h_s,w_s)
+    [image, image flipped along width]; scale 1 uses the original pixels, others PIL bicubic."""
+
+    def __init__(self, img_name_list_path, root, cls_labels_path, scales=(1.0,)):
+        super().__init__(img_name_list_path, root, cls_labels_path)
+        self.scales = tuple(float(s) for s in scales)
+
+    def __getitem__(self, idx):
+        name = self.names[idx]
+        img = self.read(name)
+        return {'name': name, 'img': multiscale_flip(img, self.scales), 'size': img.shape[:2],
+                'label': self.labels[idx]}
+
+
+def multiscale_flip(img, scales):
+    out = []
+    for s in scales:
+        s_img = img if s == 1.0 else imutils.pil_rescale(img, s, 3)
+        x = imutils.normalize(s_img).transpose(2, 0, 1)
+        out.append(np.ascontiguousarray(np.stack([x, x[:, :, ::-1]])))
+    return out
+
+
+def load_gt(root, name, layout=VOC12Layout):
+    """uint8 (H,W) class-index GT (255 = void) from the layout's GT folder."""
+    path = layout.gt_path(root, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'GT mask {path} is missing; evaluation needs a GT PNG for every id of --eval_list')
+    return read_label(path)

@@ -1,0 +1,211 @@
+"""Deterministic synthetic PASCAL VOC-format dataset, for the demo and the tests.
+
+    python -m voc12.synthetic --out_root work/demo/VOC2012 --n_train 200 --n_val 100 --n_aug 300 --seed 0
+
+Writes a real VOC layout: JPEGImages/<id>.jpg, Annotations/<id>.xml, SegmentationClass/<id>.png (palette
+PNG with a 255 band on object outlines, train and val ids), SegmentationClassAug/<id>.png (every id, as
+SBD's augmented masks, so the list builder derives a train_aug split), ImageSets/Segmentation/
+{train,val,trainval}.txt.
+
+The data are built to show what SFC corrects: all 20 VOC classes with a long-tailed frequency (person in
+about 40% of the images, cow in about 2-3%); every object is a shape painted with a class colour and a
+class texture; each of six tail classes shares its colour with a head partner (differing only in texture)
+and usually appears together with it. A plain CAM then tends to hand tail pixels to the head partner.
+Image sizes vary in both directions and are never multiples of 16.
+"""
+import argparse
+import os
+
+import cv2
+import numpy as np
+
+from misc.imutils import voc_palette
+from voc12.dataloader import CAT_LIST, save_img_name_list
+
+# presence probability of each class (CAT_LIST order), long-tailed like VOC train_aug (SPEC B1.3)
+PRESENCE = {'person': 0.34, 'chair': 0.11, 'dog': 0.10, 'car': 0.10, 'cat': 0.09, 'bottle': 0.07,
+            'bird': 0.07, 'sofa': 0.06, 'diningtable': 0.05, 'aeroplane': 0.06, 'tvmonitor': 0.05,
+            'pottedplant': 0.05, 'bicycle': 0.045, 'train': 0.045, 'motorbike': 0.05, 'boat': 0.04,
+            'horse': 0.05, 'bus': 0.035, 'sheep': 0.03, 'cow': 0.025}
+# tail class -> head partner: same colour, other texture, co-occurring with probability CO_OCCUR
+PARTNER = {'horse': 'person', 'motorbike': 'person', 'diningtable': 'chair', 'sheep': 'dog', 'bus': 'car',
+           'cow': 'cat'}
+CO_OCCUR = 0.75
+COLOURS = {'red': (205, 45, 40), 'green': (45, 165, 60), 'blue': (45, 85, 215), 'yellow': (225, 200, 45),
+           'magenta': (200, 55, 185), 'cyan': (45, 190, 205), 'orange': (235, 125, 35), 'purple': (120, 55, 175),
+           'brown': (135, 80, 40), 'pink': (245, 150, 175)}
+SOLID, HSTRIPE, VSTRIPE, CHECKER = range(4)
+APPEARANCE = {
+    'person': ('red', SOLID), 'horse': ('red', HSTRIPE), 'motorbike': ('red', CHECKER),
+    'chair': ('green', SOLID), 'diningtable': ('green', VSTRIPE),
+    'dog': ('blue', SOLID), 'sheep': ('blue', CHECKER),
+    'car': ('yellow', SOLID), 'bus': ('yellow', HSTRIPE),
+    'cat': ('magenta', SOLID), 'cow': ('magenta', VSTRIPE),
+    'aeroplane': ('cyan', SOLID), 'bicycle': ('cyan', CHECKER), 'bird': ('orange', SOLID),
+    'boat': ('orange', HSTRIPE), 'bottle': ('purple', SOLID), 'pottedplant': ('purple', VSTRIPE),
+    'sofa': ('brown', SOLID), 'train': ('brown', CHECKER), 'tvmonitor': ('pink', SOLID)}
+MAX_CLASSES = 3
+PERIOD = 8  # texture period in pixels
+
+
+def _sizes(rng, lo, hi):
+    while True:
+        h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+        if h % 16 and w % 16:
+            return h, w
+
+
+def _classes(rng):
+    present = [c for c in CAT_LIST if rng.random() < PRESENCE[c]]
+    for tail, head in PARTNER.items():
+        if tail in present and head not in present and rng.random() < CO_OCCUR:
+            present.append(head)
+    if not present:
+        p = np.array([PRESENCE[c] for c in CAT_LIST])
+        present = [CAT_LIST[int(rng.choice(len(CAT_LIST), p=p / p.sum()))]]
+    if len(present) > MAX_CLASSES:
+        keep = [c for c in present if c in PARTNER or c in PARTNER.values()][:2]
+        rest = [c for c in present if c not in keep]
+        rng.shuffle(rest)
+        present = keep + rest[:MAX_CLASSES - len(keep)]
+    return present
+
+
+def _texture(texture, h, w, phase):
+    yy, xx = np.mgrid[0:h, 0:w]
+    yy, xx = yy + phase[0], xx + phase[1]
+    half = PERIOD // 2
+    if texture == SOLID:
+        return np.ones((h, w), np.float32)
+    if texture == HSTRIPE:
+        on = (yy // half) % 2 == 0
+    elif texture == VSTRIPE:
+        on = (xx // half) % 2 == 0
+    else:
+        on = ((yy // half) + (xx // half)) % 2 == 0
+    return np.where(on, 1.0, 0.4).astype(np.float32)
+
+
+def _shape_mask(rng, h, w):
+    mask = np.zeros((h, w), np.uint8)
+    sh, sw = int(h * rng.uniform(0.3, 0.65)), int(w * rng.uniform(0.3, 0.65))
+    cy, cx = int(rng.integers(sh // 2, h - sh // 2)), int(rng.integers(sw // 2, w - sw // 2))
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        cv2.ellipse(mask, (cx, cy), (sw // 2, sh // 2), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    elif kind == 1:
+        cv2.rectangle(mask, (cx - sw // 2, cy - sh // 2), (cx + sw // 2, cy + sh // 2), 1, -1)
+    else:
+        pts = np.array([[cx, cy - sh // 2], [cx - sw // 2, cy + sh // 2], [cx + sw // 2, cy + sh // 2]], np.int32)
+        cv2.fillPoly(mask, [pts], 1)
+    return mask.astype(bool)
+
+
+def _background(rng, h, w):
+    base = rng.uniform(85, 165) + rng.uniform(-12, 12, size=3)
+    gy, gx = np.mgrid[0:h, 0:w] / max(h, w)
+    grad = (rng.uniform(-25, 25) * gy + rng.uniform(-25, 25) * gx)[..., None]
+    noise = rng.normal(0, 9, size=(h, w, 3))
+    return base + grad + noise
+
+
+def make_sample(rng, h, w):
+    """One image (H,W,3 uint8), its GT (H,W uint8, 255 band) and the visible objects [(class, bbox)]."""
+    img = _background(rng, h, w)
+    gt = np.zeros((h, w), np.uint8)
+    for cls in _classes(rng):
+        n_inst = 1 + int(rng.random() < 0.25)
+        colour, texture = APPEARANCE[cls]
+        for _ in range(n_inst):
+            m = _shape_mask(rng, h, w)
+            tex = _texture(texture, h, w, rng.integers(0, PERIOD, size=2))
+            col = np.asarray(COLOURS[colour], np.float32) * rng.uniform(0.85, 1.1)
+            fill = col[None, None, :] * tex[..., None] + rng.normal(0, 10, size=(h, w, 3))
+            img[m] = fill[m]
+            gt[m] = CAT_LIST.index(cls) + 1
+    objects = []
+    band = np.zeros((h, w), bool)
+    kernel = np.ones((3, 3), np.uint8)
+    for cid in np.unique(gt):
+        if cid == 0:
+            continue
+        m = (gt == cid).astype(np.uint8)
+        if m.sum() < 0.03 * h * w:
+            gt[m.astype(bool)] = 0  # too little left visible after occlusion: treat as background clutter
+            continue
+        ys, xs = np.nonzero(m)
+        objects.append((CAT_LIST[cid - 1], (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1)))
+        band |= (cv2.dilate(m, kernel) - cv2.erode(m, kernel)).astype(bool)
+    gt_band = gt.copy()
+    gt_band[band] = 255
+    return np.clip(img, 0, 255).astype(np.uint8), gt, gt_band, objects
+
+
+def _xml(name, h, w, objects):
+    parts = [f'<annotation><folder>VOC2012</folder><filename>{name}.jpg</filename>',
+             f'<size><width>{w}</width><height>{h}</height><depth>3</depth></size><segmented>1</segmented>']
+    for cls, (x0, y0, x1, y1) in objects:
+        part = '<part><name>head</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>2</xmax><ymax>2</ymax></bndbox></part>' \
+            if cls == 'person' else ''
+        parts.append(f'<object><name>{cls}</name><pose>Unspecified</pose><truncated>0</truncated>'
+                     f'<difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>'
+                     f'<ymax>{y1}</ymax></bndbox>{part}</object>')
+    parts.append('</annotation>')
+    return '\n'.join(parts) + '\n'
+
+
+def _save_png(path, arr, palette):
+    from PIL import Image
+    img = Image.fromarray(arr, mode='P')
+    img.putpalette(palette.reshape(-1).tolist())
+    img.save(path)
+
+
+def make_synthetic_voc(out_root, n_train=200, n_val=100, n_aug=300, seed=0, min_size=72, max_size=136):
+    """Write the dataset; returns {'train': ids, 'val': ids, 'aug': ids}. Deterministic in seed."""
+    rng = np.random.default_rng(seed)
+    for d in ('JPEGImages', 'Annotations', 'SegmentationClass', 'SegmentationClassAug', 'ImageSets/Segmentation'):
+        os.makedirs(os.path.join(out_root, d), exist_ok=True)
+    palette = voc_palette()
+    splits = {'train': n_train, 'val': n_val, 'aug': n_aug}
+    ids, k = {}, 0
+    for split, n in splits.items():
+        ids[split] = []
+        for _ in range(n):
+            name = f'2012_{k:06d}'
+            k += 1
+            h, w = _sizes(rng, min_size, max_size)
+            img, gt, gt_band, objects = make_sample(rng, h, w)
+            if not objects:  # every image carries at least one class
+                img, gt, gt_band, objects = make_sample(rng, h, w)
+            cv2.imwrite(os.path.join(out_root, 'JPEGImages', name + '.jpg'), img[:, :, ::-1],
+                        [cv2.IMWRITE_JPEG_QUALITY, 92])
+            with open(os.path.join(out_root, 'Annotations', name + '.xml'), 'w') as f:
+                f.write(_xml(name, h, w, objects))
+            if split != 'aug':
+                _save_png(os.path.join(out_root, 'SegmentationClass', name + '.png'), gt_band, palette)
+            _save_png(os.path.join(out_root, 'SegmentationClassAug', name + '.png'), gt, palette)
+            ids[split].append(name)
+    seg = os.path.join(out_root, 'ImageSets', 'Segmentation')
+    save_img_name_list(os.path.join(seg, 'train.txt'), ids['train'])
+    save_img_name_list(os.path.join(seg, 'val.txt'), ids['val'])
+    save_img_name_list(os.path.join(seg, 'trainval.txt'), ids['train'] + ids['val'])
+    return ids
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out_root', required=True, type=str)
+    p.add_argument('--n_train', default=200, type=int)
+    p.add_argument('--n_val', default=100, type=int)
+    p.add_argument('--n_aug', default=300, type=int)
+    p.add_argument('--seed', default=0, type=int)
+    p.add_argument('--min_size', default=72, type=int)
+    p.add_argument('--max_size', default=136, type=int)
+    a = p.parse_args(argv)
+    ids = make_synthetic_voc(a.out_root, a.n_train, a.n_val, a.n_aug, a.seed, a.min_size, a.max_size)
+    print(f'synthetic VOC at {a.out_root}: ' + ', '.join(f'{k} {len(v)}' for k, v in ids.items()))
+
+
+if __name__ == '__main__':
+    main()
