@@ -79,6 +79,8 @@ def get_parser():
     a.add_argument('--sfc_resume', default=True, type=str2bool, help='continue from ckpt/sfc_resume.pth if present')
     a.add_argument('--sfc_calibrate_bn', default=True, type=str2bool,
                    help='with --backbone_weights none: set BN statistics from training crops before step 0')
+    a.add_argument('--sfc_zero_init_residual', default=True, type=str2bool,
+                   help='with --backbone_weights none: start layer3/4 residual branches at zero (SkipInit)')
 
     a = p.add_argument_group('CAM inference (make_cam) and evaluation (eval_cam)')
     a.add_argument('--sfc_weights', default=None, type=str, help='checkpoint make_cam loads (default ckpt/res50_sfc.pth)')

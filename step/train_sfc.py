@@ -237,7 +237,13 @@ def calibrate(model, dataset, device, args, n_images=None):
     n = min(len(dataset), n_images or max(args.sfc_batch_size, 32))
     order = epoch_order(args.seed, 0, len(dataset))[:n]
     img = torch.stack([torch.from_numpy(dataset[i]['img']) for i in order]).to(device)
-    with torch.no_grad(), calibrating_batchnorm(model.resnet50) as bns:
-        model.resnet50.layer4(model.resnet50.layer3(model.resnet50.layer2(model.resnet50.layer1(
-            model.resnet50.maxpool(model.resnet50.relu(model.resnet50.bn1(model.resnet50.conv1(img))))))))
-    print(f'  random initialisation: calibrated {len(bns)} BatchNorm layers on {n} training crops')
+    r = model.resnet50
+    with torch.no_grad(), calibrating_batchnorm(r) as bns:
+        r.layer4(r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(img))))))))
+    msg = f'calibrated {len(bns)} BatchNorm layers on {n} training crops'
+    if args.sfc_zero_init_residual:
+        blocks = [b for layer in (r.layer3, r.layer4) for b in layer]
+        for b in blocks:
+            torch.nn.init.zeros_(b.bn3.weight)
+        msg += f', zeroed the last BN scale of the {len(blocks)} trainable residual blocks'
+    print(f'  random initialisation: {msg}')

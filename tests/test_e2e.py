@@ -1,0 +1,73 @@
+"""End-to-end: generated VOC-format data -> train_sfc -> make_cam -> eval_cam, on CPU."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import run_sample
+from misc import camio
+
+
+def base_args(tiny_voc, work, *extra):
+    meta = tiny_voc['meta']
+    return ['--voc12_root', tiny_voc['root'], '--work_dir', work, '--device', 'cpu', '--num_workers', '0',
+            '--backbone_weights', 'none', '--backbone_width', '8', '--sfc_crop_size', '64', '--sfc_batch_size', '2',
+            '--sfc_num_epoches', '2', '--sfc_lr', '0.01', '--sfc_val_freq', '3', '--sfc_dc_offset', 'auto',
+            '--sfc_bank_samples', '2', '--cam_scales', '1.0', '0.5', '--eval_list', os.path.join(meta, 'val.txt'),
+            '--infer_list', os.path.join(meta, 'val.txt'), '--train_list', os.path.join(meta, 'train_aug.txt'),
+            '--cls_labels', os.path.join(meta, 'cls_labels.npz'), '--log', 'False', *extra]
+
+
+def test_pipeline_through_eval_cam(tiny_voc, tmp_path):
+    work = str(tmp_path / 'work')
+    res = run_sample.main(base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--make_cam_pass', 'True',
+                                    '--eval_cam_pass', 'True', '--cam_eval_source', 'proto_cam', 'cam', 'fused',
+                                    '--cam_vis_count', '2'))
+    assert res['train_sfc']['steps'] == 2 * (22 // 2)
+    assert res['train_sfc']['best']['step'] in (13, 16, 19, 22)  # validated when (g-1) % 3 == 0 and g > 10
+    ckpt = os.path.join(work, 'ckpt')
+    for f in (camio.SFC_WEIGHTS, camio.SFC_FINAL, camio.SFC_BEST_GT, camio.SFC_RESUME):
+        assert os.path.isfile(os.path.join(ckpt, f)), f
+    sd = torch.load(os.path.join(ckpt, camio.SFC_WEIGHTS), weights_only=True)
+    assert set(sd) == {'net'} and 'classifier.weight' in sd['net']
+    names = open(os.path.join(tiny_voc['meta'], 'val.txt')).read().split()
+    labels = np.load(os.path.join(tiny_voc['meta'], 'cls_labels.npz'))
+    lab = dict(zip(labels['names'], labels['labels']))
+    for n in names:
+        c = camio.load_cam(os.path.join(work, 'cam', n + '.npz'))
+        assert c['keys'].tolist() == camio.keys_from_label(lab[n]).tolist()
+        img = np.asarray(__import__('PIL.Image', fromlist=['Image']).open(os.path.join(tiny_voc['root'], 'JPEGImages', n + '.jpg')))
+        assert c['cam'].shape == (len(c['keys']),) + img.shape[:2]
+        assert c['cam'].dtype == np.float32 and np.isfinite(c['proto_cam']).all()
+        assert c['cam'][0].min() >= 0.4 - 1e-6  # background channel carries the +0.4 offset
+    m = json.load(open(os.path.join(work, 'metrics', 'eval_cam.json')))
+    assert 0 <= m['miou'] <= 1 and m['n_images'] == len(names) and m['source'] == 'proto_cam'
+    assert set(m['sources']) == {'proto_cam', 'cam', 'fused'} and 'background' in m['iou']
+    assert len(os.listdir(os.path.join(work, 'vis', 'cam'))) == 2
+    assert json.load(open(os.path.join(work, 'args.json')))['device'] == 'cpu'
+
+    # a re-run skips finished CAMs and resumes training at its end (nothing to redo)
+    mtime = os.path.getmtime(os.path.join(work, 'cam', names[0] + '.npz'))
+    res2 = run_sample.main(base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--make_cam_pass', 'True'))
+    assert res2['make_cam']['computed'] == 0
+    assert os.path.getmtime(os.path.join(work, 'cam', names[0] + '.npz')) == mtime
+    assert res2['train_sfc']['steps'] == res['train_sfc']['steps']
+
+
+def test_ablation_all_off_is_plain_cam(tiny_voc, tmp_path):
+    work = str(tmp_path / 'w')
+    res = run_sample.main(base_args(tiny_voc, work, '--train_cam_pass', 'True', '--sfc_ibr', 'False',
+                                    '--sfc_pdw', 'False', '--sfc_wdw', 'False', '--sfc_dc_weights', 'False',
+                                    '--sfc_select_on_gt', 'False'))
+    assert res['train_sfc']['weights'] == camio.SFC_FINAL
+    assert set(res['train_sfc']['class_weights'].values()) == {1.0}
+
+
+def test_missing_root_and_checkpoint_errors(tiny_voc, tmp_path):
+    with pytest.raises(FileNotFoundError, match='voc12_root'):
+        run_sample.main(base_args(tiny_voc, str(tmp_path / 'a'), '--voc12_root', str(tmp_path / 'none'),
+                                  '--make_cam_pass', 'True'))
+    with pytest.raises(FileNotFoundError, match='--sfc_weights'):
+        run_sample.main(base_args(tiny_voc, str(tmp_path / 'b'), '--make_cam_pass', 'True'))

@@ -1,0 +1,77 @@
+"""A killed train_sfc / make_cam resumes and ends exactly where an uninterrupted run ends."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import run_sample
+from misc import camio
+from misc.torchutils import PolyOptimizer
+from tests.test_e2e import base_args
+
+
+class Killed(Exception):
+    pass
+
+
+def test_train_sfc_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
+    common = ['--train_sfc_pass', 'True', '--sfc_ckpt_freq', '4', '--sfc_select_on_gt', 'False', '--sfc_num_epoches', '1']
+    full = str(tmp_path / 'full')
+    run_sample.main(base_args(tiny_voc, full, *common))
+
+    part = str(tmp_path / 'part')
+    real_step = PolyOptimizer.step
+
+    def dying_step(self, closure=None):
+        if self.global_step == 6:  # after the resume checkpoint of step 4, before the next one
+            raise Killed()
+        return real_step(self, closure)
+    monkeypatch.setattr(PolyOptimizer, 'step', dying_step)
+    with pytest.raises(Killed):
+        run_sample.main(base_args(tiny_voc, part, *common))
+    assert torch.load(os.path.join(part, 'ckpt', camio.SFC_RESUME), weights_only=True)['step'] == 4
+    monkeypatch.setattr(PolyOptimizer, 'step', real_step)
+    run_sample.main(base_args(tiny_voc, part, *common))
+
+    a = torch.load(os.path.join(full, 'ckpt', camio.SFC_FINAL), weights_only=True)['net']
+    b = torch.load(os.path.join(part, 'ckpt', camio.SFC_FINAL), weights_only=True)['net']
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_make_cam_resume_skips_done_and_redoes_truncated(tiny_voc, tmp_path, monkeypatch):
+    work = str(tmp_path / 'w')
+    run_sample.main(base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--sfc_select_on_gt', 'False',
+                              '--sfc_num_epoches', '1'))
+    real_save = camio.save_cam
+    calls = []
+
+    def dying_save(path, *a):
+        if len(calls) == 3:
+            raise Killed()
+        calls.append(path)
+        return real_save(path, *a)
+    monkeypatch.setattr(camio, 'save_cam', dying_save)
+    with pytest.raises(Killed):
+        run_sample.main(base_args(tiny_voc, work, '--make_cam_pass', 'True'))
+    monkeypatch.setattr(camio, 'save_cam', real_save)
+    cam_dir = os.path.join(work, 'cam')
+    assert len([f for f in os.listdir(cam_dir) if f.endswith('.npz')]) == 3
+    assert not [f for f in os.listdir(cam_dir) if f.endswith('.tmp')]
+    # a truncated file (as a crash of another writer would leave) is recomputed, not read
+    victim = calls[0]
+    data = open(victim, 'rb').read()
+    open(victim, 'wb').write(data[:100])
+    res = run_sample.main(base_args(tiny_voc, work, '--make_cam_pass', 'True'))
+    assert res['make_cam']['computed'] == 6 - 3 + 1
+
+    ref = str(tmp_path / 'ref')
+    os.makedirs(os.path.join(ref, 'ckpt'))
+    res = run_sample.main(base_args(tiny_voc, ref, '--make_cam_pass', 'True', '--sfc_weights',
+                                    os.path.join(work, 'ckpt', camio.SFC_WEIGHTS)))
+    for f in os.listdir(cam_dir):
+        x, y = camio.load_cam(os.path.join(cam_dir, f)), camio.load_cam(os.path.join(ref, 'cam', f))
+        for k in camio.CAM_KEYS:
+            np.testing.assert_array_equal(x[k], y[k])
