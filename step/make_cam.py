@@ -46,20 +46,23 @@ def _work(rank, indices, device, args):
                                                     scales=args.cam_scales)
     model = load_cam_model(args, device)
     n_cls = num_classes(args)
-    for idx in tqdm(indices, desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
-        pack = ds[idx]
-        keys = camio.keys_from_label(pack['label'])
+    # workers decode and rescale the next images while this process runs the network
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, indices), batch_size=None, shuffle=False,
+                                         num_workers=args.num_workers, pin_memory=device.type == 'cuda')
+    for pack in tqdm(loader, desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
+        keys = camio.keys_from_label(pack['label'].numpy())
         label = torch.zeros(n_cls, device=device)
         label[torch.as_tensor(keys, device=device)] = 1
         cams, protos = [], []
         with torch.inference_mode():
             for img in pack['img']:
-                cam, proto, _ = model(torch.from_numpy(img).to(device), label)
+                cam, proto, _ = model(img.to(device, non_blocking=True), label)
                 cams.append(cam)
                 protos.append(proto)
             kw = dict(eps=args.cam_norm_eps, bg_offset=args.cam_bg_offset, fg_scale=args.cam_fg_scale)
-            cam = postprocess(cams, pack['size'], keys, **kw)
-            proto = postprocess(protos, pack['size'], keys, **kw)
+            size = tuple(int(v) for v in pack['size'])
+            cam = postprocess(cams, size, keys, **kw)
+            proto = postprocess(protos, size, keys, **kw)
         camio.save_cam(camio.cam_path(args.cam_dir, pack['name']), keys, cam.cpu().numpy(), proto.cpu().numpy())
 
 
