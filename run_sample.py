@@ -88,6 +88,8 @@ def get_parser():
     a.add_argument('--cam_bg_offset', default=0.4, type=float, help="bg + 0.4 ('pad 0.4', make_cam.py:63, :74)")
     a.add_argument('--cam_fg_scale', default=2.0, type=float, help='fg x2, the side effect of the same line')
     a.add_argument('--cam_norm_eps', default=1e-5, type=float, help='max-normalisation eps (make_cam.py:61, :73)')
+    a.add_argument('--cam_fold_bn', default=True, type=str2bool,
+                   help='fold BatchNorm into the convs for inference (same result up to ~1e-6, ~10%% faster)')
     a.add_argument('--cam_skip_existing', default=True, type=str2bool, help='skip images whose cam/<id>.npz is complete')
     a.add_argument('--cam_eval_source', default=['proto_cam'], nargs='+', choices=('proto_cam', 'cam', 'fused'),
                    help='CAM(s) scored; the authors score proto_cam only (SFC/eval_cam.py:20)')

@@ -17,6 +17,7 @@ from misc import camio
 from misc.dataset import get_dataset, num_classes
 from misc.torchutils import run_sharded
 from net import resnet50_sfc
+from net.resnet50 import fold_batchnorm
 
 
 def postprocess(maps, size, keys, eps=1e-5, bg_offset=0.4, fg_scale=2.0):
@@ -37,7 +38,10 @@ def load_cam_model(args, device):
     model = resnet50_sfc.CAM(num_classes(args), backbone_width=args.backbone_width, backbone_weights='none',
                              bg_factor=args.sfc_proto_bg_factor)
     resnet50_sfc.load_sfc_weights(model, camio.load_checkpoint(args.sfc_weights), args.sfc_weights)
-    return model.eval().to(device)
+    model.eval()
+    if args.cam_fold_bn:
+        fold_batchnorm(model.resnet50)
+    return model.to(device)
 
 
 def _work(rank, indices, device, args):

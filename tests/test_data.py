@@ -93,12 +93,20 @@ def test_msf_dataset_scales_and_flip(tiny_voc):
 
 
 def test_missing_label_and_bad_root_errors(tiny_voc, tmp_path):
+    meta = tiny_voc['meta']
+    with np.load(os.path.join(meta, 'cls_labels.npz')) as z:
+        names, labels = z['names'], z['labels']
+    np.savez(tmp_path / 'partial.npz', names=names[1:], labels=labels[1:])
+    lst = tmp_path / 'one.txt'
+    lst.write_text(str(names[0]) + '\n')
+    with pytest.raises(KeyError, match=str(names[0])):
+        voc.ClassificationDataset(str(lst), tiny_voc['root'], str(tmp_path / 'partial.npz'))
     p = tmp_path / 'l.txt'
     p.write_text('2099_999999\n')
-    with pytest.raises(KeyError, match='2099_999999'):
-        voc.ClassificationDataset(str(p), tiny_voc['root'], os.path.join(tiny_voc['meta'], 'cls_labels.npz'))
     with pytest.raises(FileNotFoundError, match='--voc12_root'):
         voc.ImageDataset(str(p), str(tmp_path / 'nowhere'))
+    with pytest.raises(FileNotFoundError, match='2099_999999.jpg'):
+        voc.ImageDataset(str(p), tiny_voc['root'])
 
 
 def test_unreadable_image_names_the_file(tmp_path):

@@ -173,3 +173,26 @@ def test_module_prefix_is_stripped():
     src = small_net(Net)
     sd = {'module.' + k: v for k, v in src.state_dict().items()}
     resnet50_sfc.load_sfc_weights(small_net(), {'net': sd})
+
+
+def test_folded_batchnorm_gives_the_same_cams():
+    from net.resnet50 import fold_batchnorm
+    net = small_net()
+    g = torch.Generator().manual_seed(1)
+    for m in net.resnet50.modules():  # non-trivial statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+            m.weight.data.uniform_(0.5, 1.5, generator=g)
+            m.bias.data.uniform_(-0.2, 0.2, generator=g)
+    img = torch.randn(1, 3, 40, 56, generator=g)
+    pair = torch.cat([img, img.flip(-1)])
+    label = torch.zeros(21)
+    label[[0, 5, 9]] = 1
+    with torch.no_grad():
+        ref = net(pair, label)
+        fold_batchnorm(net.resnet50)
+        out = net(pair, label)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.resnet50.modules())
+    for a, b in zip(ref, out):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5 * max(1.0, float(a.abs().max())))

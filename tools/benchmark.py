@@ -75,7 +75,9 @@ def stage_make_cam(a):
     from net.resnet50_sfc import CAM
     from voc12.dataloader import multiscale_flip
     torch.manual_seed(0)
+    from net.resnet50 import fold_batchnorm
     model = CAM(a.classes + 1, backbone_width=a.width).eval()
+    fold_batchnorm(model.resnet50)  # as make_cam does (--cam_fold_bn True)
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (a.height, a.width_px, 3), dtype=np.uint8)
     label = torch.zeros(a.classes + 1)

@@ -114,6 +114,10 @@ class ImageDataset(torch.utils.data.Dataset):
         self.root = root
         self.list_path = img_name_list_path
         self.names = load_img_name_list(img_name_list_path)
+        missing = [n for n in self.names if not os.path.isfile(self.image_path(n))]
+        if missing:
+            raise FileNotFoundError(f'{len(missing)} ids of {img_name_list_path} have no image under {root} '
+                                    f'(first: {self.image_path(missing[0])}); fix the list or the root')
 
     def __len__(self):
         return len(self.names)
