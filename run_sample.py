@@ -15,7 +15,7 @@ import time
 from misc import camio
 from misc.pyutils import Tee, format_seconds, format_table, str2bool
 
-STEPS = ('train_sfc', 'make_cam', 'eval_cam')
+STEPS = ('train_sfc', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg')
 PASS_ALIASES = {'train_cam': 'train_sfc'}  # IRN-style name accepted for SFC training
 
 
@@ -97,6 +97,52 @@ def get_parser():
                    help='fused = cam + w * proto_cam (the commented final_cam, SFC/make_cam.py:81)')
     a.add_argument('--cam_vis_count', default=0, type=int, help='CAM overlay PNGs written to vis/cam/')
 
+    a = p.add_argument_group('IR labels by dense CRF (cam_to_ir_label; SFC/cam2ir.py, SIPE/tool/imutils.py:156-170)')
+    a.add_argument('--ir_proto_weight', default=0.7, type=float, help='F = cam + 0.7 proto_cam (cam2ir.py:26)')
+    a.add_argument('--ir_bg_factor', default=0.5, type=float, help='background x0.5 in the second pass (cam2ir.py:35)')
+    a.add_argument('--ir_crf_iters', default=12, type=int, help="12 in the authors' branch, 10 in SIPE (SPEC A1)")
+    a.add_argument('--ir_crf_gt_prob', default=0.7, type=float, help='unary_from_labels gt_prob')
+    a.add_argument('--ir_crf_gauss_sxy', default=3, type=float, help='addPairwiseGaussian sxy')
+    a.add_argument('--ir_crf_gauss_compat', default=3, type=float, help='addPairwiseGaussian compat')
+    a.add_argument('--ir_crf_bi_sxy', default=50, type=float, help='addPairwiseBilateral sxy')
+    a.add_argument('--ir_crf_bi_srgb', default=5, type=float, help='addPairwiseBilateral srgb')
+    a.add_argument('--ir_crf_bi_compat', default=10, type=float, help='addPairwiseBilateral compat')
+    a.add_argument('--ir_skip_existing', default=True, type=str2bool, help='skip images whose ir_label PNG is complete')
+
+    a = p.add_argument_group('IRN training (train_irn; SFC/train_irn.py)')
+    a.add_argument('--irn_crop_size', default=512, type=int, help='SFC/train_irn.py:126')
+    a.add_argument('--irn_batch_size', default=32, type=int, help=':127')
+    a.add_argument('--irn_num_epoches', default=3, type=int, help=':128')
+    a.add_argument('--irn_lr', default=0.1, type=float, help='edge branch lr (:129); displacement x10')
+    a.add_argument('--irn_dp_lr_mult', default=10.0, type=float, help='displacement branch lr 1.0 (:36-37)')
+    a.add_argument('--irn_weight_decay', default=1e-4, type=float, help=':130')
+    a.add_argument('--irn_momentum', default=1e-4, type=float, help='the same positional-momentum quirk (:35-38)')
+    a.add_argument('--irn_poly_power', default=0.9, type=float)
+    a.add_argument('--irn_rescale', default=[0.5, 1.0], nargs=2, type=float,
+                   help='random scale range: the authors pass (0.5, 1.0, 1.5) but only [0.5, 1.0) is used (SPEC A1)')
+    a.add_argument('--irn_radius', default=10, type=int, help='PathIndex radius for training (:15)')
+    a.add_argument('--irn_print_freq', default=10, type=int)
+    a.add_argument('--irn_ckpt_freq', default=50, type=int, help='steps between resume checkpoints')
+    a.add_argument('--irn_resume', default=True, type=str2bool, help='continue from ckpt/irn_resume.pth if present')
+    a.add_argument('--irn_calibrate_bn', default=True, type=str2bool,
+                   help='with --backbone_weights none: set BN statistics from training crops')
+    a.add_argument('--irn_dp_mean', default=True, type=str2bool, help='fill MeanShift running_mean after training (:89-110)')
+    a.add_argument('--irn_dp_mean_list', default=None, type=str, help='images for the displacement mean (default --eval_list)')
+    a.add_argument('--irn_weights', default=None, type=str, help='IRN checkpoint make_sem_seg loads (default ckpt/res50_irn.pth)')
+
+    a = p.add_argument_group('Pseudo masks by random walk (make_sem_seg; SFC/make_seg_labels.py) and eval_sem_seg')
+    a.add_argument('--sem_seg_proto_weight', default=0.3, type=float, help='F = cam + 0.3 proto_cam (make_seg_labels.py:45)')
+    a.add_argument('--sem_seg_power', default=1.3, type=float, help='CAM power (:49)')
+    a.add_argument('--sem_seg_double_power', default=True, type=str2bool,
+                   help='second walk on the power applied twice (F^1.69), as the authors (:56-57)')
+    a.add_argument('--sem_seg_bg_value', default=0.25, type=float, help='constant background plane of walk 1 (:54)')
+    a.add_argument('--beta', default=10, type=int, help='affinity power (:87)')
+    a.add_argument('--exp_times', default=8, type=int, help='T^(2^exp_times) = T^256 (:88)')
+    a.add_argument('--sem_seg_radius', default=5, type=int, help='random-walk radius (:51, :59)')
+    a.add_argument('--irn_crop_size_infer', default=512, type=int,
+                   help='EdgeDisplacement pads images to this size (larger ones to a multiple of 32)')
+    a.add_argument('--sem_seg_skip_existing', default=True, type=str2bool, help='skip images whose sem_seg PNG is complete')
+
     a = p.add_argument_group('Steps (True runs the step)')
     for s in STEPS:
         a.add_argument(f'--{s}_pass', default=False, type=str2bool)
@@ -123,6 +169,8 @@ def finalize_args(args):
     args.sfc_val_list = args.sfc_val_list or args.eval_list
     args.cls_labels = args.cls_labels or os.path.join(meta, 'cls_labels.npz')
     args.sfc_weights = args.sfc_weights or os.path.join(args.ckpt_dir, camio.SFC_WEIGHTS)
+    args.irn_weights = args.irn_weights or os.path.join(args.ckpt_dir, camio.IRN_WEIGHTS)
+    args.irn_dp_mean_list = args.irn_dp_mean_list or args.eval_list
     root_flag = {'voc12': 'voc12_root', 'coco14': 'coco14_root'}[args.dataset]
     args.dataset_root = getattr(args, root_flag, None)
     if any(getattr(args, f'{s}_pass') for s in STEPS) and not args.dataset_root:
@@ -133,6 +181,26 @@ def finalize_args(args):
         except ValueError:
             raise SystemExit(f"error: --sfc_dc_offset must be a number or 'auto', got {args.sfc_dc_offset!r}")
     return args
+
+
+def print_summary(metrics_dir):
+    """One table of every metric written so far in this work directory."""
+    rows = []
+    cam = os.path.join(metrics_dir, 'eval_cam.json')
+    if os.path.isfile(cam):
+        m = camio.load_json(cam)
+        for src, r in m.get('sources', {m.get('source', 'cam'): m}).items():
+            rows.append([f'CAM mIoU ({src})', f'{r["miou"]:.4f}', f'{r["n_images"]} images'])
+    sem = os.path.join(metrics_dir, 'eval_sem_seg.json')
+    if os.path.isfile(sem):
+        m = camio.load_json(sem)
+        if 'ir_label' in m:
+            rows.append(['IR label precision', f'{m["ir_label"]["precision"]:.4f}', 'confident pixels'])
+            rows.append(['IR label coverage', f'{m["ir_label"]["coverage"]:.4f}', 'share of non-void pixels'])
+        rows.append(['pseudo-mask mIoU', f'{m["miou"]:.4f}', f'{m["n_images"]} images'])
+    if rows:
+        print('summary (' + metrics_dir + ')')
+        print(format_table(['metric', 'value', 'on'], rows))
 
 
 def main(argv=None):
@@ -153,6 +221,8 @@ def main(argv=None):
             print(f'=== {s} done in {timings[-1][1]} ===')
         if timings:
             print(format_table(['step', 'time'], timings))
+        if any(s.startswith('eval') for s in steps):
+            print_summary(args.metrics_dir)
     finally:
         if log:
             log.__exit__(None, None, None)

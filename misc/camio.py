@@ -3,7 +3,7 @@
 Layout (everything below --work_dir):
     meta/               image lists and cls_labels.npz built from the dataset (voc12.make_cls_labels)
     ckpt/               res50_sfc.pth (what make_cam loads), res50_sfc_final.pth, res50_sfc_best_gt.pth,
-                        sfc_resume.pth (training state for resume)
+                        sfc_resume.pth (training state for resume); res50_irn.pth, irn_resume.pth
     cam/<id>.npz        keys int64 (K,), cam float32 (K,H,W), proto_cam float32 (K,H,W)
     ir_label/<id>.png   uint8 0 bg, 1..C classes, 255 ignore
     sem_seg/<id>.png    uint8 class ids; sem_seg_palette/<id>.png colour copies
@@ -28,6 +28,8 @@ SFC_WEIGHTS = 'res50_sfc.pth'
 SFC_FINAL = 'res50_sfc_final.pth'
 SFC_BEST_GT = 'res50_sfc_best_gt.pth'
 SFC_RESUME = 'sfc_resume.pth'
+IRN_WEIGHTS = 'res50_irn.pth'
+IRN_RESUME = 'irn_resume.pth'
 
 
 def work_layout(work_dir):
@@ -103,6 +105,19 @@ def is_complete_cam(path):
 
 
 # --- label PNGs -------------------------------------------------------------------------------------------
+def label_path(label_dir, name):
+    return os.path.join(label_dir, name + '.png')
+
+
+def is_complete_label(path):
+    """True when path holds a decodable label PNG (used to skip finished work on re-runs)."""
+    try:
+        read_label(path)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def write_label(path, label, palette=None):
     """uint8 single-channel PNG; with palette (N,3 uint8) a P-mode image whose indices are the labels."""
     arr = np.asarray(label)

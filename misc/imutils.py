@@ -104,3 +104,23 @@ def overlay_heatmap(rgb, heat, alpha=0.5):
     b = np.clip(1.5 - np.abs(4 * h - 1), 0, 1)
     color = np.stack([r, g, b], -1) * 255
     return (alpha * color + (1 - alpha) * rgb.astype(np.float32)).astype(np.uint8)
+
+
+def crf_inference_label(img, labels, n_labels, t=12, gt_prob=0.7, gauss_sxy=3, gauss_compat=3, bi_sxy=50,
+                        bi_srgb=5, bi_compat=10):
+    """Dense CRF on a label map (SIPE/IRN imutils.crf_inference_label; SPEC B6): unary from labels with
+    gt_prob, Gaussian and bilateral pairwise terms, t mean-field iterations -> argmax (H,W) int64."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+    h, w = img.shape[:2]
+    d = dcrf.DenseCRF2D(w, h, n_labels)
+    d.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=gt_prob, zero_unsure=False))
+    d.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
+    d.addPairwiseBilateral(sxy=bi_sxy, srgb=bi_srgb, rgbim=np.ascontiguousarray(np.copy(img)), compat=bi_compat)
+    q = d.inference(t)
+    return np.argmax(np.array(q).reshape((n_labels, h, w)), axis=0)
+
+
+def random_scale_factor(rng, low, high):
+    """s = low + U[0,1) (high - low) (SIPE imutils.random_scale reads only the first two values)."""
+    return low + rng.random() * (high - low)

@@ -32,3 +32,18 @@ def load_strict(model, sd, source='checkpoint', ignored=()):
             msg.append(f'  mis-shaped tensors ({len(shaped)}): ' + '; '.join(shaped[:8]))
         raise ValueError('\n'.join(msg))
     model.load_state_dict({k: sd[k] for k in own}, strict=True)
+
+
+def strip_aliases(sd, canonical_key, source='checkpoint', ignored=None):
+    """Drop alias keys (canonical_key(k) != k) after checking that each aliases a real tensor of the same
+    shape; drop keys matching `ignored` (a compiled regex). Returns the real tensors only."""
+    out = {k: v for k, v in sd.items() if canonical_key(k) == k and not (ignored and ignored.match(k))}
+    bad = []
+    for k, v in sd.items():
+        c = canonical_key(k)
+        if c != k and (c not in out or tuple(out[c].shape) != tuple(v.shape)):
+            bad.append(f'{k} (aliases {c}: ' + ('missing' if c not in out else
+                                                 f'shape {tuple(out[c].shape)} vs {tuple(v.shape)}') + ')')
+    if bad:
+        raise ValueError(f'{source}: alias tensors without a matching real tensor: {"; ".join(bad[:6])}')
+    return out

@@ -113,6 +113,15 @@ def load_imagenet_weights(model, weights):
     load_strict(model, sd, source=str(weights))
 
 
+def calibrate(resnet, images):
+    """Random initialisation only: set every BatchNorm's statistics from a batch of images, layer by
+    layer, so that a randomly initialised backbone starts with unit-scale activations. Returns the count."""
+    with torch.no_grad(), calibrating_batchnorm(resnet) as bns:
+        resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(resnet.maxpool(resnet.relu(resnet.bn1(
+            resnet.conv1(images))))))))
+    return len(bns)
+
+
 @contextlib.contextmanager
 def calibrating_batchnorm(module):
     """Inside this context every FixedBatchNorm of `module` takes its statistics from the data it sees."""

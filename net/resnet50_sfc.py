@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net import resnet50 as resnet
-from net.checkpoint import load_strict, unwrap_state_dict
+from net.checkpoint import load_strict, strip_aliases, unwrap_state_dict
 
 EPS = 1e-5  # norms, max-normalisation, PCM column sums (SFC/network/resnet50_SFC.py:40-42, :81, :87-90)
 COS_EPS = 1e-8  # torch.cosine_similarity default (SFC/network/resnet50_SFC.py:60)
@@ -178,23 +178,9 @@ def canonical_key(key):
     return key
 
 
-def strip_aliases(sd, source='checkpoint'):
-    """Drop the authors' alias keys after checking each one aliases a real tensor of the same shape."""
-    out = {}
-    for k, v in sd.items():
-        c = canonical_key(k)
-        if c == k:
-            out[k] = v
-    bad = [k for k, v in sd.items() if canonical_key(k) != k
-           and (canonical_key(k) not in out or tuple(out[canonical_key(k)].shape) != tuple(v.shape))]
-    if bad:
-        raise ValueError(f'{source}: alias tensors without a matching real tensor: {", ".join(bad[:8])}')
-    return out
-
-
 def load_sfc_weights(model, obj, source='checkpoint'):
     """Load our checkpoints and the authors' ({'net': sd}, 966 keys) strictly (SPEC A3)."""
-    sd = strip_aliases(unwrap_state_dict(obj), source)
+    sd = strip_aliases(unwrap_state_dict(obj), canonical_key, source)
     w = sd.get('classifier.weight')
     if w is not None and w.shape[0] != model.num_cls - 1:
         raise ValueError(f'{source} was trained for {w.shape[0]} foreground classes, the network has '

@@ -27,25 +27,9 @@ from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
 from misc.pyutils import AverageMeter, format_seconds
 from misc.torchutils import PolyOptimizer, set_seed
+from misc.trainutils import epoch_batches, epoch_order
 from net import resnet50_sfc, sfc_loss
-from net.resnet50 import calibrating_batchnorm
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    def __init__(self, indices):
-        self.indices = indices
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
-def epoch_order(seed, epoch, n):
-    """The shuffled order of epoch `epoch`: a pure function of (seed, epoch), so resume is exact."""
-    g = torch.Generator().manual_seed(int(seed) * 100003 + int(epoch))
-    return torch.randperm(n, generator=g).tolist()
+from net import resnet50 as resnet
 
 
 def stride_masks(valid, label, size):
@@ -163,13 +147,7 @@ def run(args):
     step = start
     pbar = tqdm(total=max_step, initial=start, desc='train_sfc', dynamic_ncols=True, mininterval=5)
     while step < max_step:
-        epoch, within = divmod(step, steps_per_epoch)
-        train_ds.set_epoch(epoch)
-        order = epoch_order(args.seed, epoch, len(train_ds))[within * B: steps_per_epoch * B]
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=B, sampler=_EpochSampler(order),
-                                             num_workers=args.num_workers, pin_memory=device.type == 'cuda',
-                                             drop_last=True)
-        for pack in loader:
+        for pack in epoch_batches(train_ds, step, steps_per_epoch, B, args.seed, args.num_workers, device):
             img = pack['img'].to(device, non_blocking=True)
             valid = pack['valid_mask'].to(device, non_blocking=True)
             label = pack['label'].to(device, non_blocking=True)
@@ -238,9 +216,7 @@ def calibrate(model, dataset, device, args, n_images=None):
     order = epoch_order(args.seed, 0, len(dataset))[:n]
     img = torch.stack([torch.from_numpy(dataset[i]['img']) for i in order]).to(device)
     r = model.resnet50
-    with torch.no_grad(), calibrating_batchnorm(r) as bns:
-        r.layer4(r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(img))))))))
-    msg = f'calibrated {len(bns)} BatchNorm layers on {n} training crops'
+    msg = f'calibrated {resnet.calibrate(r, img)} BatchNorm layers on {n} training crops'
     if args.sfc_zero_init_residual:
         blocks = [b for layer in (r.layer3, r.layer4) for b in layer]
         for b in blocks:

@@ -1,7 +1,8 @@
 import torch
 
 from misc.image_bank import ImageBank
-from step.train_sfc import epoch_order, stride_masks
+from misc.trainutils import epoch_order
+from step.train_sfc import stride_masks
 
 
 def test_later_rows_overwrite_and_empty_slots_stay_zero():

@@ -215,6 +215,49 @@ def multiscale_flip(img, scales):
     return out
 
 
+class AffinityDataset(ImageDataset):
+    """IRN training samples (SPEC B7.2): image + IR label (ir_label/<id>.png), random rescale in
+    [rescale[0], rescale[1]) (image bicubic, label nearest), normalise, joint flip, joint random crop
+    (image pad 0, label pad 255); the label is then reduced x0.25 (PIL nearest). Affinity labels are built
+    from the reduced label by the training step (on the device), not shipped as 3 x 152 x 13 090 floats."""
+
+    def __init__(self, img_name_list_path, root, label_dir, crop_size, rescale=(0.5, 1.0), hor_flip=True,
+                 crop_method='random', seed=0):
+        super().__init__(img_name_list_path, root)
+        self.label_dir, self.crop_size = label_dir, crop_size
+        self.rescale, self.hor_flip, self.crop_method = rescale, hor_flip, crop_method
+        self.seed, self.epoch = int(seed), 0
+        missing = [n for n in self.names if not os.path.isfile(os.path.join(label_dir, n + '.png'))]
+        if missing:
+            raise FileNotFoundError(f'{len(missing)} ids of {img_name_list_path} have no IR label in {label_dir} '
+                                    f'(first: {missing[0]}); run cam_to_ir_label (--cam_to_ir_label_pass True) on them')
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __getitem__(self, idx):
+        name = self.names[idx]
+        img = self.read(name)
+        label = read_label(os.path.join(self.label_dir, name + '.png'))
+        if label.shape != img.shape[:2]:
+            raise ValueError(f'IR label of {name} is {label.shape}, its image {img.shape[:2]}')
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        if self.rescale is not None:
+            s = imutils.random_scale_factor(rng, self.rescale[0], self.rescale[1])
+            size = imutils.scaled_size(img.shape[0], img.shape[1], s)
+            img, label = imutils.pil_resize(img, size, 3), imutils.pil_resize(label, size, 0)
+        img = imutils.normalize(img)
+        if self.hor_flip and rng.integers(0, 2):
+            img, label = img[:, ::-1], label[:, ::-1]
+        c = self.crop_size
+        box = (imutils.random_crop_box(rng, img.shape[0], img.shape[1], c) if self.crop_method == 'random'
+               else imutils.top_left_box(img.shape[0], img.shape[1], c))
+        img = imutils.apply_crop(np.ascontiguousarray(img), box, c, 0)
+        label = imutils.apply_crop(np.ascontiguousarray(label), box, c, 255)
+        reduced = imutils.pil_rescale(label.astype(np.uint8), 0.25, 0)
+        return {'name': name, 'img': np.ascontiguousarray(img.transpose(2, 0, 1)), 'reduced_label': reduced}
+
+
 def load_gt(root, name, layout=VOC12Layout):
     """uint8 (H,W) class-index GT (255 = void) from the layout's GT folder."""
     path = layout.gt_path(root, name)

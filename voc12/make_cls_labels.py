@@ -79,6 +79,7 @@ def build(root, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     for split, names in lists.items():
         save_img_name_list(os.path.join(out_dir, split + '.txt'), names)
+    save_img_name_list(os.path.join(out_dir, 'trainval.txt'), sorted(set(lists['train']) | set(lists['val'])))
 
     def write(tmp):
         with open(tmp, 'wb') as f:

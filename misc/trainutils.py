@@ -1,0 +1,29 @@
+"""Pieces both training steps share: a data order that is a pure function of (seed, epoch), so that a
+resumed run sees exactly the batches of an uninterrupted one, and the loader that serves it."""
+import torch
+
+
+class _ListSampler(torch.utils.data.Sampler):
+    def __init__(self, indices):
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def epoch_order(seed, epoch, n):
+    """The shuffled order of epoch `epoch`."""
+    g = torch.Generator().manual_seed(int(seed) * 100003 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def epoch_batches(dataset, step, steps_per_epoch, batch_size, seed, num_workers, device):
+    """Loader over the rest of the epoch that contains global step `step` (drop_last batches)."""
+    epoch, within = divmod(step, steps_per_epoch)
+    dataset.set_epoch(epoch)
+    order = epoch_order(seed, epoch, len(dataset))[within * batch_size: steps_per_epoch * batch_size]
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=_ListSampler(order),
+                                       num_workers=num_workers, pin_memory=device.type == 'cuda', drop_last=True)

@@ -1,0 +1,94 @@
+"""make_sem_seg (SPEC B8): pseudo masks by random walk on IRN boundaries -> sem_seg/<id>.png.
+
+Per image: edge map of the [image, flipped] pair from the IRN network; F = cam + 0.3 proto_cam; G =
+bilinear(F -> stride-4 size)^1.3; walk 1 on the foreground channels of G, walk 2 on all channels of
+G^1.3 (= F^1.69: the authors apply the power twice, --sem_seg_double_power); each walk upsampled x4,
+cropped and divided by its global max; score = [0.25 plane; walk 1] + walk 2; label = keys[argmax].
+Both walks share one sparse transition matrix and run together (misc/indexing.py). Palette-coloured
+copies go to sem_seg_palette/. Any image size; images already done are skipped.
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from misc import camio
+from misc.dataset import get_dataset
+from misc.imutils import voc_palette
+from misc.indexing import propagate, transition_matrix_sparse
+from misc.torchutils import run_sharded
+from net import resnet50_irn
+from net.resnet50 import fold_batchnorm
+
+
+def pseudo_label(cams, edge, size, args):
+    """cams: dict keys/cam/proto_cam (K,H,W); edge (1,h4,w4) tensor -> (H,W) uint8 class ids."""
+    keys = cams['keys']
+    dev = edge.device
+    h4, w4 = edge.shape[-2:]
+    f = torch.from_numpy(cams['cam'] + args.sem_seg_proto_weight * cams['proto_cam']).to(dev)
+    g = F.interpolate(f[None], size=(h4, w4), mode='bilinear', align_corners=False)[0].pow(args.sem_seg_power)
+    if len(keys) == 1:  # no foreground class in the labels: nothing to walk to
+        return np.zeros(size, np.uint8)
+    g2 = g.pow(args.sem_seg_power) if args.sem_seg_double_power else g
+    tt = transition_matrix_sparse(edge, args.sem_seg_radius, args.beta)
+    k = len(keys)
+    x = torch.cat([g[1:], g2]) * (1 - edge)
+    rw = propagate(tt, x, 2 ** args.exp_times)  # (2K-1, 1, h4, w4)
+    up = F.interpolate(rw, scale_factor=4, mode='bilinear', align_corners=False)[:, 0, :size[0], :size[1]]
+
+    def norm(t):
+        m = t.max()
+        return t / m if m > 0 else t
+    walk1, walk2 = norm(up[:k - 1]), norm(up[k - 1:])
+    bg = torch.full((1,) + tuple(size), args.sem_seg_bg_value, device=dev, dtype=walk1.dtype)
+    score = torch.cat([bg, walk1]) + walk2
+    return keys[torch.argmax(score, dim=0).cpu().numpy()].astype(np.uint8)
+
+
+def load_edge_model(args, device):
+    model = resnet50_irn.EdgeDisplacement(crop_size=args.irn_crop_size_infer, stride=4,
+                                          backbone_width=args.backbone_width, backbone_weights='none')
+    resnet50_irn.load_irn_weights(model, camio.load_checkpoint(args.irn_weights), args.irn_weights)
+    model.eval()
+    if args.cam_fold_bn:
+        fold_batchnorm(model.resnet50)
+    return model.to(device)
+
+
+def _work(rank, indices, device, args):
+    device = torch.device(device)
+    ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels, scales=(1.0,))
+    model = load_edge_model(args, device)
+    palette = voc_palette()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, indices), batch_size=None, shuffle=False,
+                                         num_workers=args.num_workers, pin_memory=device.type == 'cuda')
+    for pack in tqdm(loader, desc=f'make_sem_seg[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
+        name = pack['name']
+        cams = camio.load_cam(camio.cam_path(args.cam_dir, name))
+        size = tuple(int(v) for v in pack['size'])
+        if cams['cam'].shape[1:] != size:
+            raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {size}')
+        with torch.inference_mode():
+            edge, _ = model(pack['img'][0].to(device, non_blocking=True))
+            lab = pseudo_label(cams, edge, size, args)
+        camio.write_label(camio.label_path(args.sem_seg_palette_dir, name), lab, palette)
+        camio.write_label(camio.label_path(args.sem_seg_dir, name), lab)  # last: its presence marks completion
+
+
+def run(args):
+    ds = get_dataset(args).ImageDataset(args.infer_list, args.dataset_root)
+    if not os.path.isfile(args.irn_weights):
+        raise FileNotFoundError(f'--irn_weights {args.irn_weights} does not exist: run train_irn first '
+                                f'(--train_irn_pass True) or point --irn_weights at a checkpoint')
+    todo = list(range(len(ds)))
+    if args.sem_seg_skip_existing:
+        todo = [i for i in todo if not camio.is_complete_label(camio.label_path(args.sem_seg_dir, ds.names[i]))]
+    print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(todo)} already done, {len(todo)} to do; '
+          f'F = cam + {args.sem_seg_proto_weight} proto_cam, power {args.sem_seg_power}, beta {args.beta}, '
+          f'T^{2 ** args.exp_times}')
+    if todo:
+        run_sharded(_work, args, todo)
+    return {'n_images': len(ds), 'computed': len(todo)}

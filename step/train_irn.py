@@ -1,0 +1,144 @@
+"""train_irn (SPEC B7): IRN's boundary and displacement branches on the IR labels -> ckpt/res50_irn.pth.
+
+Frozen ResNet-50 (ImageNet weights, not the SFC classifier's), affinity labels from the IR labels reduced
+x0.25 on a radius-10 PathIndex, L = (L_pos + L_neg)/2 + (L_dp_fg + L_dp_bg)/2, PolyOptimizer with the
+authors' momentum quirk (edge lr 0.1, displacement lr 1.0), no clipping. Afterwards the displacement
+mean over --irn_dp_mean_list (top-left 512 crops) fills MeanShift's running_mean, as the authors do.
+Resumes from ckpt/irn_resume.pth. The backbone runs without autograd (it receives no gradient), which
+halves the authors' memory; affinity labels are built on the device from the reduced labels.
+"""
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from misc import camio, imutils
+from misc.dataset import get_dataset, num_classes
+from misc.indexing import PathIndex
+from misc.pyutils import AverageMeter, format_seconds
+from misc.torchutils import PolyOptimizer, set_seed
+from misc.trainutils import epoch_batches, epoch_order
+from net import resnet50 as resnet
+from net import resnet50_irn
+
+def affinity_labels_torch(reduced, src, dst, n_classes):
+    """bg_pos, fg_pos, neg (B, n_dirs, n_src) float from reduced labels (B, h, w) (SPEC B7.2)."""
+    flat = reduced.reshape(reduced.shape[0], -1).long()
+    a = flat[:, src].unsqueeze(1)
+    b = flat[:, dst.reshape(-1)].reshape(flat.shape[0], *dst.shape)
+    valid = (a < n_classes) & (b < n_classes)
+    eq = a == b
+    pos = eq & valid
+    return (pos & (a == 0)).float(), (pos & (a > 0)).float(), (~eq & valid).float()
+
+
+def run(args):
+    device = torch.device(args.device)
+    set_seed(args.seed, args.deterministic)
+    ds_mod = get_dataset(args)
+    crop = args.irn_crop_size
+    ds = ds_mod.AffinityDataset(args.train_list, args.dataset_root, args.ir_label_dir, crop,
+                                rescale=tuple(args.irn_rescale), hor_flip=True, seed=args.seed)
+    B = args.irn_batch_size
+    steps_per_epoch = len(ds) // B
+    if steps_per_epoch == 0:
+        raise ValueError(f'--train_list {args.train_list} has {len(ds)} images, fewer than one IRN batch '
+                         f'(--irn_batch_size {B})')
+    max_step = steps_per_epoch * args.irn_num_epoches
+    path_index = PathIndex(args.irn_radius, (crop // 4, crop // 4))
+    inds = [torch.from_numpy(p).to(device) for p in path_index.path_indices]
+    src = torch.from_numpy(path_index.src_indices).to(device)
+    dst = torch.from_numpy(path_index.dst_indices).to(device)
+    n_cls = num_classes(args)
+    print(f'  {len(ds)} images, {steps_per_epoch} steps/epoch, {max_step} steps; PathIndex radius {args.irn_radius}: '
+          f'{len(path_index.search_dst)} directions, {len(path_index.src_indices)} sources')
+
+    model = resnet50_irn.Net(args.backbone_width, args.backbone_weights).to(device)
+    edge_p, dp_p = model.trainable_parameters()
+    optimizer = PolyOptimizer([{'params': edge_p, 'lr': args.irn_lr, 'weight_decay': args.irn_weight_decay},
+                               {'params': dp_p, 'lr': args.irn_lr * args.irn_dp_lr_mult,
+                                'weight_decay': args.irn_weight_decay}],
+                              lr=args.irn_lr, weight_decay=args.irn_weight_decay, max_step=max_step,
+                              momentum=args.irn_momentum, power=args.irn_poly_power)
+    resume_path = os.path.join(args.ckpt_dir, camio.IRN_RESUME)
+    step = 0
+    if args.irn_resume and os.path.isfile(resume_path):
+        state = camio.load_checkpoint(resume_path)
+        if int(state['max_step']) != max_step:
+            raise ValueError(f'{resume_path} was written for {state["max_step"]} steps, this run has {max_step}: '
+                             f'delete it to start afresh')
+        resnet50_irn.load_irn_weights(model, state['net'], resume_path)
+        optimizer.load_state_dict(state['optimizer'])
+        step = int(state['step'])
+        print(f'  resumed from {resume_path} at step {step}/{max_step}')
+    elif args.backbone_weights == 'none' and args.irn_calibrate_bn:
+        order = epoch_order(args.seed, 0, len(ds))[:max(B, 32)]
+        img = torch.stack([torch.from_numpy(ds[i]['img']) for i in order]).to(device)
+        print(f'  random initialisation: calibrated {resnet.calibrate(model.resnet50, img)} BatchNorm layers '
+              f'on {len(order)} training crops')
+
+    def save_state():
+        camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
+                               'max_step': max_step}, resume_path)
+
+    model.train()
+    meter = AverageMeter()
+    t0, start = time.time(), step
+    pbar = tqdm(total=max_step, initial=step, desc='train_irn', dynamic_ncols=True, mininterval=5)
+    while step < max_step:
+        for pack in epoch_batches(ds, step, steps_per_epoch, B, args.seed, args.num_workers, device):
+            img = pack['img'].to(device, non_blocking=True)
+            bg_pos, fg_pos, neg = affinity_labels_torch(pack['reduced_label'].to(device), src, dst, n_cls)
+            edge_out, dp_out = model(img)
+            maps = resnet50_irn.irn_loss_maps(edge_out, dp_out, inds, path_index.search_dst, path_index.radius_floor)
+            losses = resnet50_irn.irn_losses(maps, bg_pos, fg_pos, neg)
+            if not torch.isfinite(losses['total']):
+                raise FloatingPointError(f'train_irn: non-finite loss at step {step}; the last good state stays in '
+                                         f'{resume_path}. Lower --irn_lr.')
+            optimizer.zero_grad(set_to_none=True)
+            losses['total'].backward()
+            optimizer.step()
+            meter.add({k: losses[k].item() for k in ('pos', 'neg', 'dp_fg', 'dp_bg')})
+            step += 1
+            pbar.update(1)
+            if (step - 1) % args.irn_print_freq == 0 or step == max_step:
+                rate = (step - start) / max(time.time() - t0, 1e-9)
+                pbar.write(f'step {step - 1:5d}/{max_step}  L_pos {meter.pop("pos"):.4f}  L_neg {meter.pop("neg"):.4f}  '
+                           f'L_dp_fg {meter.pop("dp_fg"):.4f}  L_dp_bg {meter.pop("dp_bg"):.4f}  '
+                           f'lr {optimizer.param_groups[0]["lr"]:.4g}  ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
+            if step % args.irn_ckpt_freq == 0:
+                save_state()
+            if step >= max_step:
+                break
+    pbar.close()
+    save_state()
+    if args.irn_dp_mean:
+        dp_mean(model, args, ds_mod, device)
+    out = os.path.join(args.ckpt_dir, camio.IRN_WEIGHTS)
+    camio.save_checkpoint({'net': model.state_dict()}, out)
+    print(f'  wrote {out}')
+    return {'steps': step}
+
+
+def dp_mean(model, args, ds_mod, device):
+    """MeanShift running_mean = mean over batches of the batch mean of dp_out (SFC/train_irn.py:89-110)."""
+    ds = ds_mod.ImageDataset(args.irn_dp_mean_list, args.dataset_root)
+    B, crop = args.irn_batch_size, args.irn_crop_size
+    model.eval()
+    means = []
+    with torch.no_grad():
+        for b in range(len(ds) // B):
+            imgs = []
+            for n in ds.names[b * B:(b + 1) * B]:
+                x = imutils.normalize(ds.read(n))
+                box = imutils.top_left_box(x.shape[0], x.shape[1], crop)
+                imgs.append(imutils.apply_crop(x, box, crop, 0).transpose(2, 0, 1))
+            _, dp = model(torch.from_numpy(np.stack(imgs)).to(device))
+            means.append(dp.mean(dim=(0, 2, 3)))
+    if means:
+        model.fc_dp7[4].running_mean.copy_(torch.stack(means).mean(0))
+    print(f'  displacement mean over {len(means)} batches of {args.irn_dp_mean_list}: '
+          f'{model.fc_dp7[4].running_mean.tolist()}')
+    model.train()
