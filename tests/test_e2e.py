@@ -71,3 +71,36 @@ def test_missing_root_and_checkpoint_errors(tiny_voc, tmp_path):
                                   '--make_cam_pass', 'True'))
     with pytest.raises(FileNotFoundError, match='--sfc_weights'):
         run_sample.main(base_args(tiny_voc, str(tmp_path / 'b'), '--make_cam_pass', 'True'))
+
+
+def test_pipeline_through_eval_sem_seg(tiny_voc, tmp_path):
+    """All seven steps; the IRN half on the val images (their CAMs, IR labels and pseudo masks)."""
+    work = str(tmp_path / 'work')
+    meta = tiny_voc['meta']
+    val = os.path.join(meta, 'val.txt')
+    run_sample.main(base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--sfc_select_on_gt', 'False',
+                              '--sfc_num_epoches', '1'))
+    res = run_sample.main(base_args(
+        tiny_voc, work, '--train_list', val, '--make_cam_pass', 'True', '--eval_cam_pass', 'True',
+        '--cam_to_ir_label_pass', 'True', '--train_irn_pass', 'True', '--make_sem_seg_pass', 'True',
+        '--eval_sem_seg_pass', 'True', '--irn_crop_size', '96', '--irn_batch_size', '2', '--irn_num_epoches', '2',
+        '--irn_crop_size_infer', '96', '--exp_times', '4', '--num_workers', '2'))
+    names = open(val).read().split()
+    for n in names:
+        ir = camio.read_label(os.path.join(work, 'ir_label', n + '.png'))
+        sem = camio.read_label(os.path.join(work, 'sem_seg', n + '.png'))
+        cam = camio.load_cam(os.path.join(work, 'cam', n + '.npz'))
+        assert ir.shape == sem.shape == cam['cam'].shape[1:]
+        assert set(np.unique(ir)) <= set(cam['keys'].tolist()) | {255}
+        assert set(np.unique(sem)) <= set(cam['keys'].tolist())
+        pal = __import__('PIL.Image', fromlist=['Image']).open(os.path.join(work, 'sem_seg_palette', n + '.png'))
+        assert pal.mode == 'P'
+    m = json.load(open(os.path.join(work, 'metrics', 'eval_sem_seg.json')))
+    assert 0 <= m['miou'] <= 1 and m['n_images'] == len(names) and 0 < m['ir_label']['coverage'] <= 1
+    assert res['train_irn']['steps'] == 2 * (len(names) // 2)
+    sd = torch.load(os.path.join(work, 'ckpt', camio.IRN_WEIGHTS), weights_only=True)['net']
+    assert 'fc_dp7.4.running_mean' in sd and not any(k.startswith('path_indices') for k in sd)
+    # re-running skips every finished image
+    again = run_sample.main(base_args(tiny_voc, work, '--infer_list', val, '--cam_to_ir_label_pass', 'True',
+                                      '--make_sem_seg_pass', 'True'))
+    assert again['cam_to_ir_label']['computed'] == 0 and again['make_sem_seg']['computed'] == 0
