@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# SFC on PASCAL VOC 2012: the authors' pipeline (SPEC Part B) with this project's defaults (SPEC Part A).
+# SFC on PASCAL VOC 2012: the authors' pipeline (SPEC Part B) with this project's defaults (SPEC Part A):
+# SFC training, CAMs, CAM evaluation, IR labels, IRN, pseudo masks, pseudo-mask evaluation. CAMs, IR labels,
+# IRN and pseudo masks cover train_aug (the masks DeepLab trains on); evaluation uses VOC train (GT).
 # Edit the variables below; every hyperparameter is a flag of run_sample.py with the authors' default.
-# Re-running is safe: training resumes from work_dir/ckpt/sfc_resume.pth, make_cam skips finished images.
+# Re-running is safe: training resumes from its checkpoint, inference steps skip finished images.
+# Extra arguments go to run_sample.py and override the values below, e.g.
+#   bash run_voc.sh --train_sfc_pass False --train_irn_pass False     # only the inference steps
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -32,6 +36,26 @@ CAM_SCALES="1.0 0.5 1.5 2.0"
 CAM_BG_OFFSET=0.4          # bg + 0.4, fg x 2 (the "pad 0.4" line)
 CAM_EVAL_SOURCE="proto_cam cam fused"   # the authors score proto_cam (first = headline)
 
+# --- cam_to_ir_label (SFC/cam2ir.py; CRF of SIPE/tool/imutils.py) ---
+IR_PROTO_WEIGHT=0.7        # F = cam + 0.7 proto_cam
+IR_BG_FACTOR=0.5           # background x0.5 in the second CRF pass
+IR_CRF_ITERS=12            # authors' branch (SIPE: 10)
+
+# --- train_irn (SFC/train_irn.py) ---
+IRN_CROP_SIZE=512
+IRN_BATCH_SIZE=32
+IRN_NUM_EPOCHES=3
+IRN_LR=0.1                 # edge branch; displacement branch x10
+IRN_MOMENTUM=1e-4          # the same positional-momentum quirk
+IRN_RESCALE="0.5 1.0"      # the authors pass (0.5, 1.0, 1.5); only [0.5, 1.0) is used
+
+# --- make_sem_seg (SFC/make_seg_labels.py) ---
+SEM_SEG_PROTO_WEIGHT=0.3   # F = cam + 0.3 proto_cam
+SEM_SEG_POWER=1.3          # applied twice for the second walk (F^1.69)
+SEM_SEG_BG_VALUE=0.25
+BETA=10
+EXP_TIMES=8                # T^256
+
 META=$WORK_DIR/meta
 if [ ! -f "$META/cls_labels.npz" ]; then
   python -m voc12.make_cls_labels --voc12_root "$VOC12_ROOT" --out_dir "$META"
@@ -49,4 +73,11 @@ python run_sample.py \
   --sfc_pdw_weight $SFC_PDW_WEIGHT --sfc_wdw_weight $SFC_WDW_WEIGHT --sfc_dc_offset $SFC_DC_OFFSET \
   --sfc_select_on_gt $SFC_SELECT_ON_GT --sfc_val_freq $SFC_VAL_FREQ \
   --cam_scales $CAM_SCALES --cam_bg_offset $CAM_BG_OFFSET --cam_eval_source $CAM_EVAL_SOURCE \
-  --train_sfc_pass True --make_cam_pass True --eval_cam_pass True
+  --ir_proto_weight $IR_PROTO_WEIGHT --ir_bg_factor $IR_BG_FACTOR --ir_crf_iters $IR_CRF_ITERS \
+  --irn_crop_size $IRN_CROP_SIZE --irn_batch_size $IRN_BATCH_SIZE --irn_num_epoches $IRN_NUM_EPOCHES \
+  --irn_lr $IRN_LR --irn_momentum $IRN_MOMENTUM --irn_rescale $IRN_RESCALE \
+  --sem_seg_proto_weight $SEM_SEG_PROTO_WEIGHT --sem_seg_power $SEM_SEG_POWER --sem_seg_bg_value $SEM_SEG_BG_VALUE \
+  --beta $BETA --exp_times $EXP_TIMES \
+  --train_sfc_pass True --make_cam_pass True --eval_cam_pass True --cam_to_ir_label_pass True \
+  --train_irn_pass True --make_sem_seg_pass True --eval_sem_seg_pass True \
+  "$@"

@@ -40,7 +40,7 @@ def run(args):
     ds_mod = get_dataset(args)
     crop = args.irn_crop_size
     ds = ds_mod.AffinityDataset(args.train_list, args.dataset_root, args.ir_label_dir, crop,
-                                rescale=tuple(args.irn_rescale), hor_flip=True, seed=args.seed)
+                                rescale=tuple(args.irn_rescale), hor_flip=args.irn_hor_flip, seed=args.seed)
     B = args.irn_batch_size
     steps_per_epoch = len(ds) // B
     if steps_per_epoch == 0:

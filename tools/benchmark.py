@@ -96,7 +96,96 @@ def stage_make_cam(a):
             'seconds': sum(times) / len(times), 'unit': 'per image', 'peak_rss_mb': _peak_mb()}
 
 
-STAGES = {'train_step': stage_train_step, 'make_cam': stage_make_cam}
+def _synthetic_cams(a, k=3):
+    """A 500x375 image with two objects and CAM-like arrays for keys [0, 3, 15] (cost does not depend on values)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    h, w = a.height, a.width_px
+    img = rng.integers(60, 200, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    blobs = [np.exp(-((yy - h * 0.4) ** 2 + (xx - w * 0.3) ** 2) / (2 * (h / 6) ** 2)),
+             np.exp(-((yy - h * 0.6) ** 2 + (xx - w * 0.7) ** 2) / (2 * (h / 5) ** 2))]
+    cam = np.stack([1 - np.maximum(*blobs) + 0.4] + [2 * b for b in blobs]).astype(np.float32)
+    img[blobs[0] > 0.5] = (200, 40, 40)
+    img[blobs[1] > 0.5] = (40, 40, 200)
+    return img, {'keys': np.array([0, 3, 15]), 'cam': cam, 'proto_cam': cam * 0.9}
+
+
+def stage_cam_to_ir_label(a):
+    from step.cam_to_ir_label import ir_label
+    img, cams = _synthetic_cams(a)
+    times = []
+    for it in range(a.repeats + 1):
+        t0 = time.perf_counter()
+        ir_label(img, {k: v.copy() for k, v in cams.items()})
+        if it:
+            times.append(time.perf_counter() - t0)
+    return {'stage': f'cam_to_ir_label ({a.width_px}x{a.height}, K=3, two CRF passes t=12)',
+            'seconds': sum(times) / len(times), 'unit': 'per image', 'peak_rss_mb': _peak_mb()}
+
+
+def stage_make_sem_seg(a):
+    import argparse as ap
+    import torch
+    from net.resnet50 import fold_batchnorm
+    from net.resnet50_irn import EdgeDisplacement
+    from step.make_sem_seg import pseudo_label
+    from voc12.dataloader import multiscale_flip
+    torch.manual_seed(0)
+    model = EdgeDisplacement(crop_size=512, backbone_width=a.width).eval()
+    fold_batchnorm(model.resnet50)  # as make_sem_seg does (--cam_fold_bn True)
+    img, cams = _synthetic_cams(a)
+    args = ap.Namespace(sem_seg_proto_weight=0.3, sem_seg_power=1.3, sem_seg_double_power=True, sem_seg_bg_value=0.25,
+                        sem_seg_radius=5, beta=10, exp_times=8)
+    times, walk = [], []
+    for it in range(a.repeats + 1):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            edge, _ = model(torch.from_numpy(multiscale_flip(img, (1.0,))[0]))
+            t1 = time.perf_counter()
+            pseudo_label(cams, edge, img.shape[:2], args)
+        if it:
+            times.append(time.perf_counter() - t0)
+            walk.append(time.perf_counter() - t1)
+    return {'stage': f'make_sem_seg ({a.width_px}x{a.height}: IRN edges + both random walks T^256, width {a.width})',
+            'seconds': sum(times) / len(times), 'unit': 'per image', 'peak_rss_mb': _peak_mb(),
+            'walk_s': sum(walk) / len(walk)}
+
+
+def stage_train_irn_step(a):
+    import torch
+    from misc.indexing import PathIndex
+    from misc.torchutils import PolyOptimizer
+    from net import resnet50_irn
+    from step.train_irn import affinity_labels_torch
+    torch.manual_seed(0)
+    crop, B = a.crop, a.irn_batch
+    model = resnet50_irn.Net(a.width).train()
+    e, d = model.trainable_parameters()
+    opt = PolyOptimizer([{'params': e, 'lr': 0.1, 'weight_decay': 1e-4}, {'params': d, 'lr': 1.0, 'weight_decay': 1e-4}],
+                        0.1, 1e-4, 100)
+    p = PathIndex(10, (crop // 4, crop // 4))
+    inds = [torch.from_numpy(i) for i in p.path_indices]
+    src, dst = torch.from_numpy(p.src_indices), torch.from_numpy(p.dst_indices)
+    times = []
+    for it in range(a.repeats + 1):
+        img = torch.randn(B, 3, crop, crop)
+        red = torch.randint(0, 3, (B, crop // 4, crop // 4), dtype=torch.uint8)
+        t0 = time.perf_counter()
+        labels = affinity_labels_torch(red, src, dst, 21)
+        edge, dp = model(img)
+        losses = resnet50_irn.irn_losses(resnet50_irn.irn_loss_maps(edge, dp, inds, p.search_dst, p.radius_floor), *labels)
+        opt.zero_grad()
+        losses['total'].backward()
+        opt.step()
+        if it:
+            times.append(time.perf_counter() - t0)
+    return {'stage': f'train_irn step (crop {crop}, batch {B}, width {a.width})', 'seconds': sum(times) / len(times),
+            'unit': 'per step', 'peak_rss_mb': _peak_mb()}
+
+
+STAGES = {'train_step': stage_train_step, 'make_cam': stage_make_cam, 'cam_to_ir_label': stage_cam_to_ir_label,
+          'train_irn_step': stage_train_irn_step, 'make_sem_seg': stage_make_sem_seg}
 
 
 def main():
@@ -108,6 +197,7 @@ def main():
     p.add_argument('--crop', type=int, default=512)
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--bank', type=int, default=4)
+    p.add_argument('--irn_batch', type=int, default=32)
     p.add_argument('--width_px', type=int, default=500)
     p.add_argument('--height', type=int, default=375)
     p.add_argument('--scales', type=float, nargs='+', default=[1.0, 0.5, 1.5, 2.0])
@@ -125,7 +215,7 @@ def main():
     for s in a.stages:
         cmd = [sys.executable, os.path.abspath(__file__), '--_child', s, '--threads', str(a.threads),
                '--width', str(a.width), '--classes', str(a.classes), '--crop', str(a.crop), '--batch', str(a.batch),
-               '--bank', str(a.bank), '--width_px', str(a.width_px), '--height', str(a.height),
+               '--bank', str(a.bank), '--irn_batch', str(a.irn_batch), '--width_px', str(a.width_px), '--height', str(a.height),
                '--repeats', str(a.repeats), '--scales', *map(str, a.scales)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
@@ -133,6 +223,7 @@ def main():
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         extra = f', image bank {r["bank_mb"]:.0f} MB' if 'bank_mb' in r else ''
+        extra += f' (random walks {r["walk_s"]:.2f} s)' if 'walk_s' in r else ''
         print(f'{r["stage"]}: {r["seconds"]:.2f} s {r["unit"]}, peak RSS {r["peak_rss_mb"] / 1024:.2f} GB{extra}')
 
 
