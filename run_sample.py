@@ -120,6 +120,8 @@ def get_parser():
     a.add_argument('--irn_poly_power', default=0.9, type=float)
     a.add_argument('--irn_rescale', default=[0.5, 1.0], nargs=2, type=float,
                    help='random scale range: the authors pass (0.5, 1.0, 1.5) but only [0.5, 1.0) is used (SPEC A1)')
+    a.add_argument('--irn_micro_batch', default=8, type=int,
+                   help='images per forward/backward inside a batch (same gradients; bounds memory); 0 = whole batch')
     a.add_argument('--irn_hor_flip', default=True, type=str2bool, help='random horizontal flip (SFC/train_irn.py:27)')
     a.add_argument('--irn_radius', default=10, type=int, help='PathIndex radius for training (:15)')
     a.add_argument('--irn_print_freq', default=10, type=int)

@@ -121,6 +121,76 @@ def irn_loss_maps(edge_out, dp_out, path_indices, search_dst, radius_floor, eps=
     return -torch.log(aff + eps), -torch.log(1 + eps - aff), (pair - target).abs(), pair.abs()
 
 
+class _DisplacementL1(torch.autograd.Function):
+    """(sum |dp(s) - dp(s+d) - d| fg(d,s), sum |dp(s) - dp(s+d)| bg(d,s)) summed over batch, both components,
+    directions and sources, one direction at a time: the (n, 2, dirs, src) maps (0.5 GB each at batch 32,
+    crop 512) are never built. Same values and gradient (sign(0) = 0) as the map formulation."""
+
+    @staticmethod
+    def forward(ctx, dp, fg, bg, search_dst, r):
+        h, w = dp.shape[2:]
+        ch, cw = h - r, w - 2 * r
+        src = dp[:, :, :ch, r:r + cw]
+        n = dp.shape[0]
+        s_fg = dp.new_zeros(())
+        s_bg = dp.new_zeros(())
+        for k, (dy, dx) in enumerate(search_dst):
+            diff = src - dp[:, :, dy:dy + ch, r + dx:r + dx + cw]
+            f, b = fg[:, k].view(n, 1, ch, cw), bg[:, k].view(n, 1, ch, cw)
+            t = torch.tensor([dy, dx], dtype=dp.dtype, device=dp.device).view(1, 2, 1, 1)
+            s_fg = s_fg + ((diff - t).abs() * f).sum()
+            s_bg = s_bg + (diff.abs() * b).sum()
+        ctx.save_for_backward(dp, fg, bg)
+        ctx.search_dst, ctx.r = search_dst, r
+        return s_fg, s_bg
+
+    @staticmethod
+    def backward(ctx, g_fg, g_bg):
+        dp, fg, bg = ctx.saved_tensors
+        r = ctx.r
+        h, w = dp.shape[2:]
+        ch, cw = h - r, w - 2 * r
+        n = dp.shape[0]
+        src = dp[:, :, :ch, r:r + cw]
+        grad = torch.zeros_like(dp)
+        for k, (dy, dx) in enumerate(ctx.search_dst):
+            diff = src - dp[:, :, dy:dy + ch, r + dx:r + dx + cw]
+            t = torch.tensor([dy, dx], dtype=dp.dtype, device=dp.device).view(1, 2, 1, 1)
+            g = (torch.sign(diff - t) * fg[:, k].view(n, 1, ch, cw) * g_fg
+                 + torch.sign(diff) * bg[:, k].view(n, 1, ch, cw) * g_bg)
+            grad[:, :, :ch, r:r + cw] += g
+            grad[:, :, dy:dy + ch, r + dx:r + dx + cw] -= g
+        return grad, None, None, None, None
+
+
+def label_counts(bg_pos, fg_pos, neg):
+    """The loss denominators: label counts over the whole batch."""
+    return {'bg': bg_pos.sum().double(), 'fg': fg_pos.sum().double(), 'neg': neg.sum().double()}
+
+
+def irn_training_loss(edge_out, dp_out, path_indices, search_dst, radius_floor, bg_pos, fg_pos, neg, counts=None,
+                      eps=LOG_EPS):
+    """The training loss of SFC/train_irn.py:53-75 without the full loss maps (memory-lean, same values).
+    Labels may be bool. Every term is a sum over the batch divided by a batch-wide label count, so with
+    `counts` of the whole batch the terms of micro-batches add up to the full batch's terms."""
+    from misc.indexing import path_affinity
+    c = counts or label_counts(bg_pos, fg_pos, neg)
+    dt = edge_out.dtype
+    aff = path_affinity(torch.sigmoid(edge_out), path_indices)
+    pos_map = -torch.log(aff + eps)
+    bg = (bg_pos * pos_map).sum() / (c['bg'].to(dt) + eps)
+    fg = (fg_pos * pos_map).sum() / (c['fg'].to(dt) + eps)
+    del pos_map
+    negl = (neg * -torch.log(1 + eps - aff)).sum() / (c['neg'].to(dt) + eps)
+    s_fg, s_bg = _DisplacementL1.apply(dp_out, fg_pos, bg_pos, [tuple(int(v) for v in d) for d in search_dst],
+                                       radius_floor)
+    dp_fg = s_fg / (2 * c['fg'].to(dt) + eps)
+    dp_bg = s_bg / (2 * c['bg'].to(dt) + eps)
+    pos = bg / 2 + fg / 2
+    return {'bg_pos': bg, 'fg_pos': fg, 'pos': pos, 'neg': negl, 'dp_fg': dp_fg, 'dp_bg': dp_bg,
+            'total': (pos + negl) / 2 + (dp_fg + dp_bg) / 2}
+
+
 def irn_losses(maps, bg_pos, fg_pos, neg, eps=LOG_EPS):
     """Reductions of SFC/train_irn.py:60-71 -> dict of the terms and `total`."""
     pos_map, neg_map, dp_fg_map, dp_bg_map = maps

@@ -152,3 +152,65 @@ def test_edge_displacement_any_size_and_flip_fusion():
         assert edge.shape == (1, (h - 1) // 4 + 1, (w - 1) // 4 + 1) and dp.shape[0] == 2
         assert float(edge.min()) >= 0 and float(edge.max()) <= 1
         np.testing.assert_allclose(edge2.numpy(), edge.flip(-1).numpy(), atol=1e-5)
+
+
+def test_path_max_gradient_equals_max_pooling_reference():
+    from misc.indexing import path_affinity
+    p = PathIndex(10, (24, 28))
+    inds = [torch.from_numpy(i) for i in p.path_indices]
+
+    def ref(edge):  # the authors' gather + max_pool2d
+        out = []
+        for ind in inds:
+            v = torch.index_select(edge, 1, ind.reshape(-1)).view(edge.shape[0], *ind.shape)
+            out.append(1 - torch.nn.functional.max_pool2d(v, (v.shape[2], 1)).squeeze(2))
+        return torch.cat(out, 1)
+    for e in (torch.rand(2, 24 * 28, dtype=torch.float64), torch.full((1, 24 * 28), 0.5, dtype=torch.float64)):
+        e.requires_grad_(True)
+        a, b = path_affinity(e, inds), ref(e)
+        assert torch.equal(a, b)
+        g = torch.randn_like(a)
+        ga, = torch.autograd.grad(a, e, g)
+        gb, = torch.autograd.grad(b, e, g)
+        np.testing.assert_allclose(ga.numpy(), gb.numpy(), atol=1e-12)  # ties: first maximal pixel, as max-pooling
+
+
+def test_lean_training_loss_equals_map_formulation(fixture):
+    z = fixture('irn_loss')
+    p = PathIndex(10, (24, 24))
+    inds = [torch.from_numpy(i) for i in p.path_indices]
+    labels = [torch.from_numpy(z[k]).double() for k in ('bg_pos', 'fg_pos', 'neg')]
+    e1 = torch.from_numpy(z['edge_logits']).double().requires_grad_(True)
+    d1 = torch.from_numpy(z['dp']).double().requires_grad_(True)
+    e2, d2 = e1.detach().clone().requires_grad_(True), d1.detach().clone().requires_grad_(True)
+    ref = resnet50_irn.irn_losses(resnet50_irn.irn_loss_maps(e1, d1, inds, p.search_dst, p.radius_floor), *labels)
+    lean = resnet50_irn.irn_training_loss(e2, d2, inds, p.search_dst, p.radius_floor, *labels)
+    for k in ref:
+        np.testing.assert_allclose(lean[k].item(), ref[k].item(), rtol=1e-12)
+    np.testing.assert_allclose(lean['total'].item(), z['total_loss'], rtol=1e-5)
+    ref['total'].backward()
+    lean['total'].backward()
+    np.testing.assert_allclose(e2.grad.numpy(), e1.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(d2.grad.numpy(), d1.grad.numpy(), atol=1e-12)
+
+
+def test_micro_batches_give_the_full_batch_gradient():
+    from misc.torchutils import PolyOptimizer
+    from step.train_irn import accumulate_gradients
+    torch.manual_seed(0)
+    net = resnet50_irn.Net(8).double().train()
+    p = PathIndex(10, (24, 24))
+    inds = [torch.from_numpy(i) for i in p.path_indices]
+    img = torch.randn(4, 3, 96, 96, dtype=torch.float64)
+    red = torch.randint(0, 3, (4, 24, 24), dtype=torch.uint8)
+    red[0, :3] = 255
+    labels = affinity_labels_torch(red, torch.from_numpy(p.src_indices), torch.from_numpy(p.dst_indices), 21)
+    edge_p, dp_p = net.trainable_parameters()
+    opt = PolyOptimizer([{'params': edge_p + dp_p, 'lr': 0.1, 'weight_decay': 0}], 0.1, 0, 10)
+    full = accumulate_gradients(net, img, labels, inds, p, 4, opt)
+    g_full = [q.grad.clone() for q in edge_p + dp_p]
+    parts = accumulate_gradients(net, img, labels, inds, p, 1, opt)
+    for k in full:
+        np.testing.assert_allclose(parts[k].item(), full[k].item(), rtol=1e-10)
+    for a, b in zip(g_full, [q.grad for q in edge_p + dp_p]):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-8, atol=1e-12)

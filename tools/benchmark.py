@@ -157,7 +157,7 @@ def stage_train_irn_step(a):
     from misc.indexing import PathIndex
     from misc.torchutils import PolyOptimizer
     from net import resnet50_irn
-    from step.train_irn import affinity_labels_torch
+    from step.train_irn import accumulate_gradients, affinity_labels_torch
     torch.manual_seed(0)
     crop, B = a.crop, a.irn_batch
     model = resnet50_irn.Net(a.width).train()
@@ -173,14 +173,11 @@ def stage_train_irn_step(a):
         red = torch.randint(0, 3, (B, crop // 4, crop // 4), dtype=torch.uint8)
         t0 = time.perf_counter()
         labels = affinity_labels_torch(red, src, dst, 21)
-        edge, dp = model(img)
-        losses = resnet50_irn.irn_losses(resnet50_irn.irn_loss_maps(edge, dp, inds, p.search_dst, p.radius_floor), *labels)
-        opt.zero_grad()
-        losses['total'].backward()
+        accumulate_gradients(model, img, labels, inds, p, a.irn_micro_batch or B, opt)
         opt.step()
         if it:
             times.append(time.perf_counter() - t0)
-    return {'stage': f'train_irn step (crop {crop}, batch {B}, width {a.width})', 'seconds': sum(times) / len(times),
+    return {'stage': f'train_irn step (crop {crop}, batch {B} in micro-batches of {a.irn_micro_batch or B}, width {a.width})', 'seconds': sum(times) / len(times),
             'unit': 'per step', 'peak_rss_mb': _peak_mb()}
 
 
@@ -198,6 +195,7 @@ def main():
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--bank', type=int, default=4)
     p.add_argument('--irn_batch', type=int, default=32)
+    p.add_argument('--irn_micro_batch', type=int, default=8)
     p.add_argument('--width_px', type=int, default=500)
     p.add_argument('--height', type=int, default=375)
     p.add_argument('--scales', type=float, nargs='+', default=[1.0, 0.5, 1.5, 2.0])
@@ -215,7 +213,7 @@ def main():
     for s in a.stages:
         cmd = [sys.executable, os.path.abspath(__file__), '--_child', s, '--threads', str(a.threads),
                '--width', str(a.width), '--classes', str(a.classes), '--crop', str(a.crop), '--batch', str(a.batch),
-               '--bank', str(a.bank), '--irn_batch', str(a.irn_batch), '--width_px', str(a.width_px), '--height', str(a.height),
+               '--bank', str(a.bank), '--irn_batch', str(a.irn_batch), '--irn_micro_batch', str(a.irn_micro_batch), '--width_px', str(a.width_px), '--height', str(a.height),
                '--repeats', str(a.repeats), '--scales', *map(str, a.scales)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
