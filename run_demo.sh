@@ -5,6 +5,8 @@
 # Usage: bash run_demo.sh [WORK_DIR]   (default work/demo; a re-run resumes / skips finished work)
 set -euo pipefail
 cd "$(dirname "$0")"
+# glibc: keep large CPU buffers in the heap instead of mmap/unmap per forward (~10-15% faster on CPU)
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-17179869184} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184}
 . ./setup_env.sh
 
 WORK_DIR=${1:-${WORK_DIR:-work/demo}}

@@ -54,6 +54,8 @@ def get_parser():
     a.add_argument('--sfc_poly_power', default=0.9, type=float, help="the 'momentum=0.9' is the poly power (torchutils.py:26)")
     a.add_argument('--sfc_grad_clip', default=1.0, type=float, help='global grad-norm clip (:260)')
     a.add_argument('--sfc_crop_size', default=512, type=int, help='random crop, hard-coded 512 (:115)')
+    a.add_argument('--sfc_micro_batch', default=10, type=int,
+                   help='images per forward/backward inside a step (same gradients; bounds memory); 0 = whole batch')
     a.add_argument('--sfc_resize_long_aug', default=False, type=str2bool,
                    help="random resize-long; off in the authors' branch (SPEC A1)")
     a.add_argument('--sfc_resize_long', default=[320, 640], nargs=2, type=int, help='SIPE range, inclusive (:114)')

@@ -39,6 +39,35 @@ def stride_masks(valid, label, size):
     return torch.cat([m, m * label[:, :, None, None]], dim=1)
 
 
+def sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer):
+    """Gradients of L = L_cls + 1.6 L_PDW + 0.8 L_WDW for the batch (SPEC B3.5 steps 5-8), computed in
+    micro-batches of --sfc_micro_batch images: every loss is a mean over the batch and every operation
+    per-sample (frozen BN, PCM, prototype), so each chunk contributes its mean x (chunk size / batch size)
+    and the accumulated gradient is the whole batch's. Returns the batch's loss terms (detached)."""
+    n = img.shape[0]
+    mb = args.sfc_micro_batch if args.sfc_micro_batch > 0 else n
+    optimizer.zero_grad(set_to_none=True)
+    zero = torch.zeros((), device=img.device)
+    total = {'cls': zero, 'pdw': zero, 'wdw': zero}
+    for i in range(0, n, mb):
+        sl = slice(i, min(i + mb, n))
+        frac = (sl.stop - sl.start) / n
+        x = img[sl]
+        x2 = F.interpolate(x, scale_factor=args.sfc_half_scale, mode='bilinear', align_corners=True)
+        out1 = model(x, stride_masks(valid[sl], label[sl], s1))
+        out2 = model(x2, stride_masks(valid[sl], label[sl], s2))
+        y = label[sl, :, None, None]
+        y_bg = torch.cat([torch.ones_like(y[:, :1]), y], dim=1)
+        terms = {'cls': sfc_loss.classification_loss(out1['score'], out2['score'], y) * frac,
+                 'pdw': (args.sfc_pdw_weight * sfc_loss.gsc_loss(out1['cam'], out1['proto_cam'], w_ch) * frac
+                         if args.sfc_pdw else zero),
+                 'wdw': (args.sfc_wdw_weight * sfc_loss.cross_scale_loss(out1['cam'], out2['cam'], y_bg, w_ch) * frac
+                         if args.sfc_wdw else zero)}
+        (terms['cls'] + terms['pdw'] + terms['wdw']).backward()
+        total = {k: total[k] + v.detach() for k, v in terms.items()}
+    return total
+
+
 def dc_weights(args, counts, steps_per_epoch):
     if not args.sfc_dc_weights:
         return np.ones(len(counts), dtype=np.float32)
@@ -155,23 +184,12 @@ def run(args):
                 bank.update(img, valid, label)
                 b_img, b_mask, b_label = bank.sample(args.sfc_bank_samples, bank_gen)
                 img, valid, label = torch.cat([img, b_img]), torch.cat([valid, b_mask]), torch.cat([label, b_label])
-            img2 = F.interpolate(img, scale_factor=args.sfc_half_scale, mode='bilinear', align_corners=True)
-            out1 = model(img, stride_masks(valid, label, s1))
-            out2 = model(img2, stride_masks(valid, label, s2))
-            y = label[:, :, None, None]
-            y_bg = torch.cat([torch.ones_like(y[:, :1]), y], dim=1)
-            loss_cls = sfc_loss.classification_loss(out1['score'], out2['score'], y)
-            loss_pdw = (args.sfc_pdw_weight * sfc_loss.gsc_loss(out1['cam'], out1['proto_cam'], w_ch)
-                        if args.sfc_pdw else torch.zeros((), device=device))
-            loss_wdw = (args.sfc_wdw_weight * sfc_loss.cross_scale_loss(out1['cam'], out2['cam'], y_bg, w_ch)
-                        if args.sfc_wdw else torch.zeros((), device=device))
-            loss = loss_cls + loss_pdw + loss_wdw
-            if not torch.isfinite(loss):
+            losses = sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer)
+            loss_cls, loss_pdw, loss_wdw = losses['cls'], losses['pdw'], losses['wdw']
+            if not torch.isfinite(loss_cls + loss_pdw + loss_wdw):
                 raise FloatingPointError(
                     f'train_sfc: non-finite loss at step {step} (cls {loss_cls.item():.4g}, pdw {loss_pdw.item():.4g}, '
                     f'wdw {loss_wdw.item():.4g}); the last good state stays in {resume_path}. Lower --sfc_lr.')
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.sfc_grad_clip)
             optimizer.step()
             meter.add({'cls': loss_cls.item(), 'pdw': loss_pdw.item(), 'wdw': loss_wdw.item()})

@@ -52,3 +52,35 @@ def test_epoch_order_is_a_pure_function():
     assert epoch_order(10, 2, 50) == epoch_order(10, 2, 50)
     assert epoch_order(10, 2, 50) != epoch_order(10, 3, 50)
     assert sorted(epoch_order(10, 0, 50)) == list(range(50))
+
+
+def test_sfc_micro_batches_give_the_full_batch_gradient():
+    import argparse
+
+    import numpy as np
+
+    from misc.torchutils import PolyOptimizer
+    from net import sfc_loss
+    from net.resnet50_sfc import Net
+    from step.train_sfc import sfc_step_gradients
+    torch.manual_seed(0)
+    net = Net(21, backbone_width=8).double()
+    img = torch.randn(5, 3, 64, 64, dtype=torch.float64)
+    valid = torch.ones(5, 64, 64, dtype=torch.uint8)
+    valid[1, :, 40:] = 0
+    label = (torch.rand(5, 20) < 0.2).double()
+    label[0, 3] = 1
+    w = sfc_loss.channel_weights(np.linspace(0.5, 1.5, 20)).double()
+    bb, new = net.trainable_parameters()
+    opt = PolyOptimizer([{'params': bb + new, 'lr': 0.1, 'weight_decay': 0}], 0.1, 0, 10)
+    params = [p for p in bb + new if p.requires_grad]
+    grads = []
+    for mb in (0, 2):
+        a = argparse.Namespace(sfc_micro_batch=mb, sfc_half_scale=0.5, sfc_pdw=True, sfc_wdw=True,
+                               sfc_pdw_weight=1.6, sfc_wdw_weight=0.8)
+        terms = sfc_step_gradients(net, img, valid, label, w, a, 4, 2, opt)
+        grads.append(([p.grad.clone() for p in params], {k: v.item() for k, v in terms.items()}))
+    for k in grads[0][1]:
+        np.testing.assert_allclose(grads[1][1][k], grads[0][1][k], rtol=1e-10)
+    for a, b in zip(grads[0][0], grads[1][0]):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-8, atol=1e-12)

@@ -24,12 +24,12 @@ def _peak_mb():
 
 def stage_train_step(a):
     import torch
-    import torch.nn.functional as F
     from misc.image_bank import ImageBank
     from misc.torchutils import PolyOptimizer
     from net import sfc_loss
     from net.resnet50_sfc import Net
-    from step.train_sfc import stride_masks
+    from step.train_sfc import sfc_step_gradients
+    import argparse as ap
     torch.manual_seed(0)
     n_cat, B, K, crop = a.classes, a.batch, a.bank, a.crop
     model = Net(n_cat + 1, backbone_width=a.width)
@@ -38,6 +38,8 @@ def stage_train_step(a):
                          {'params': new, 'lr': 1.0, 'weight_decay': 1e-4}], 0.1, 1e-4, 100)
     bank = ImageBank(n_cat, crop, 'cpu')
     w = sfc_loss.channel_weights(torch.ones(n_cat))
+    args = ap.Namespace(sfc_micro_batch=a.sfc_micro_batch, sfc_half_scale=0.5, sfc_pdw=True, sfc_wdw=True,
+                        sfc_pdw_weight=1.6, sfc_wdw_weight=0.8)
     g = torch.Generator().manual_seed(0)
     times = []
     base = _peak_mb()
@@ -49,21 +51,12 @@ def stage_train_step(a):
         bank.update(img, valid, label)
         bi, bm, bl = bank.sample(K, g)
         img, valid, label = torch.cat([img, bi]), torch.cat([valid, bm]), torch.cat([label, bl])
-        img2 = F.interpolate(img, scale_factor=0.5, mode='bilinear', align_corners=True)
-        o1 = model(img, stride_masks(valid, label, crop // 16))
-        o2 = model(img2, stride_masks(valid, label, crop // 32))
-        y = label[:, :, None, None]
-        y_bg = torch.cat([torch.ones_like(y[:, :1]), y], 1)
-        loss = (sfc_loss.classification_loss(o1['score'], o2['score'], y)
-                + 1.6 * sfc_loss.gsc_loss(o1['cam'], o1['proto_cam'], w)
-                + 0.8 * sfc_loss.cross_scale_loss(o1['cam'], o2['cam'], y_bg, w))
-        opt.zero_grad()
-        loss.backward()
+        sfc_step_gradients(model, img, valid, label, w, args, crop // 16, crop // 32, opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if it:  # the first step warms up the allocator
             times.append(time.perf_counter() - t0)
-    return {'stage': f'train_sfc step (crop {crop}, batch {B}+{K}, width {a.width})',
+    return {'stage': f'train_sfc step (crop {crop}, batch {B}+{K} in micro-batches of {a.sfc_micro_batch or B + K}, width {a.width})',
             'seconds': sum(times) / len(times), 'unit': 'per step', 'peak_rss_mb': _peak_mb(),
             'bank_mb': bank.nbytes() / 2 ** 20, 'model_built_rss_mb': base}
 
@@ -194,6 +187,7 @@ def main():
     p.add_argument('--crop', type=int, default=512)
     p.add_argument('--batch', type=int, default=16)
     p.add_argument('--bank', type=int, default=4)
+    p.add_argument('--sfc_micro_batch', type=int, default=10)
     p.add_argument('--irn_batch', type=int, default=32)
     p.add_argument('--irn_micro_batch', type=int, default=8)
     p.add_argument('--width_px', type=int, default=500)
@@ -213,7 +207,7 @@ def main():
     for s in a.stages:
         cmd = [sys.executable, os.path.abspath(__file__), '--_child', s, '--threads', str(a.threads),
                '--width', str(a.width), '--classes', str(a.classes), '--crop', str(a.crop), '--batch', str(a.batch),
-               '--bank', str(a.bank), '--irn_batch', str(a.irn_batch), '--irn_micro_batch', str(a.irn_micro_batch), '--width_px', str(a.width_px), '--height', str(a.height),
+               '--bank', str(a.bank), '--sfc_micro_batch', str(a.sfc_micro_batch), '--irn_batch', str(a.irn_batch), '--irn_micro_batch', str(a.irn_micro_batch), '--width_px', str(a.width_px), '--height', str(a.height),
                '--repeats', str(a.repeats), '--scales', *map(str, a.scales)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
