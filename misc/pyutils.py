@@ -36,25 +36,6 @@ class AverageMeter:
         return v
 
 
-class Timer:
-    """Context manager measuring wall time; `elapsed` holds seconds once closed."""
-
-    def __init__(self, label=None, printer=print):
-        self.label, self.printer, self.elapsed = label, printer, 0.0
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-        if self.label and self.printer:
-            self.printer(f'[{self.label}] start')
-        return self
-
-    def __exit__(self, *exc):
-        self.elapsed = time.perf_counter() - self.start
-        if self.label and self.printer:
-            self.printer(f'[{self.label}] done in {format_seconds(self.elapsed)}')
-        return False
-
-
 def format_seconds(s):
     s = float(s)
     if s < 60:

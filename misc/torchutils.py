@@ -95,3 +95,18 @@ def run_sharded(work, args, indices):
 def _spawn_entry(rank, work, shards, devices, args):
     torch.cuda.set_device(devices[rank])
     work(rank, shards[rank], devices[rank], args)
+
+
+def prepare_for_inference(model, device, fold_bn=True):
+    """eval mode, BatchNorm folded into the convs (--cam_fold_bn), on the device."""
+    from net.resnet50 import fold_batchnorm
+    model.eval()
+    if fold_bn:
+        fold_batchnorm(model.resnet50)
+    return model.to(device)
+
+
+def prefetch_loader(dataset, indices, num_workers, device):
+    """Items of dataset[indices] one at a time, decoded/rescaled by workers ahead of the network."""
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=None, shuffle=False,
+                                       num_workers=num_workers, pin_memory=torch.device(device).type == 'cuda')

@@ -27,3 +27,13 @@ def epoch_batches(dataset, step, steps_per_epoch, batch_size, seed, num_workers,
     order = epoch_order(seed, epoch, len(dataset))[within * batch_size: steps_per_epoch * batch_size]
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=_ListSampler(order),
                                        num_workers=num_workers, pin_memory=device.type == 'cuda', drop_last=True)
+
+
+def load_resume_state(path, max_step):
+    """The saved training state, after checking it belongs to a run of the same length."""
+    from misc.camio import load_checkpoint
+    state = load_checkpoint(path)
+    if int(state['max_step']) != max_step:
+        raise ValueError(f'{path} was written for {state["max_step"]} steps, this run has {max_step}: '
+                         f'delete it (or the work dir) to start afresh')
+    return state

@@ -1,4 +1,6 @@
 """Strict state-dict loading with errors that name the offending tensors (SPEC A3)."""
+import re
+
 import torch
 
 
@@ -47,3 +49,28 @@ def strip_aliases(sd, canonical_key, source='checkpoint', ignored=None):
     if bad:
         raise ValueError(f'{source}: alias tensors without a matching real tensor: {"; ".join(bad[:6])}')
     return out
+
+
+def alias_mapper(stem_stage, module_lists, singles=None):
+    """canonical_key(key) for the authors' alias prefixes: `backbone.i` = stage{i + stem_stage},
+    stage{stem}.0/.1 = resnet50.conv1/bn1, stage{stem + L}.0 = resnet50.layer{L}; `module_lists` maps a
+    ModuleList name to the attributes it aliases in order; `singles` maps whole keys."""
+    stem = re.compile(rf'stage{stem_stage}\.([01])\.(.*)')
+    lists = {name: (re.compile(rf'{name}\.(\d+)\.(.*)'), targets) for name, targets in module_lists.items()}
+
+    def canonical_key(key):
+        m = re.match(r'backbone\.(\d+)\.(.*)', key)
+        if m:
+            key = f'stage{int(m.group(1)) + stem_stage}.{m.group(2)}'
+        m = stem.match(key)
+        if m:
+            return ('resnet50.conv1.' if m.group(1) == '0' else 'resnet50.bn1.') + m.group(2)
+        m = re.match(r'stage(\d+)\.0\.(.*)', key)
+        if m and int(m.group(1)) > stem_stage:
+            return f'resnet50.layer{int(m.group(1)) - stem_stage}.{m.group(2)}'
+        for pattern, targets in lists.values():
+            m = pattern.match(key)
+            if m:
+                return f'{targets[int(m.group(1))]}.{m.group(2)}'
+        return (singles or {}).get(key, key)
+    return canonical_key

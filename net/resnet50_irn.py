@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net import resnet50 as resnet
-from net.checkpoint import load_strict, strip_aliases, unwrap_state_dict
+from net.checkpoint import alias_mapper, load_strict, strip_aliases, unwrap_state_dict
 
 LOG_EPS = 1e-5  # SFC/network/resnet50_irn.py:206-207
 
@@ -229,25 +229,10 @@ class EdgeDisplacement(Net):
 IGNORED = re.compile(r'^(path_indices\d+|disp_target)$')  # AffinityDisplacementLoss buffers (SPEC A3)
 
 
-def canonical_key(key):
-    m = re.match(r'backbone\.(\d)\.(.*)', key)
-    if m:
-        key = f'stage{int(m.group(1)) + 1}.{m.group(2)}'
-    m = re.match(r'stage1\.([01])\.(.*)', key)
-    if m:
-        return ('resnet50.conv1.' if m.group(1) == '0' else 'resnet50.bn1.') + m.group(2)
-    m = re.match(r'stage([2-5])\.0\.(.*)', key)
-    if m:
-        return f'resnet50.layer{int(m.group(1)) - 1}.{m.group(2)}'
-    m = re.match(r'edge_layers\.(\d)\.(.*)', key)
-    if m:
-        return f'fc_edge{int(m.group(1)) + 1}.{m.group(2)}'
-    m = re.match(r'dp_layers\.(\d)\.(.*)', key)
-    if m:
-        return f'fc_dp{int(m.group(1)) + 1}.{m.group(2)}'
-    if key == 'mean_shift.running_mean':
-        return 'fc_dp7.4.running_mean'
-    return key
+# the authors' aliases: stage1..5, backbone.0..4, edge_layers, dp_layers, mean_shift (SFC/network/resnet50_irn.py)
+canonical_key = alias_mapper(1, {'edge_layers': [f'fc_edge{i}' for i in range(1, 7)],
+                                 'dp_layers': [f'fc_dp{i}' for i in range(1, 8)]},
+                             {'mean_shift.running_mean': 'fc_dp7.4.running_mean'})
 
 
 def load_irn_weights(model, obj, source='checkpoint'):

@@ -5,14 +5,12 @@ pair. Attribute names (resnet50, side1..4, classifier, f9) are the authors', so 
 the authors' alias prefixes (stage*, backbone.*, newly_added.*) are recognised and dropped on load and
 never written: our state dicts hold each tensor once.
 """
-import re
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from net import resnet50 as resnet
-from net.checkpoint import load_strict, strip_aliases, unwrap_state_dict
+from net.checkpoint import alias_mapper, load_strict, strip_aliases, unwrap_state_dict
 
 EPS = 1e-5  # norms, max-normalisation, PCM column sums (SFC/network/resnet50_SFC.py:40-42, :81, :87-90)
 COS_EPS = 1e-8  # torch.cosine_similarity default (SFC/network/resnet50_SFC.py:60)
@@ -158,24 +156,8 @@ class CAM(Net):
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
-_NEW_ORDER = ['classifier', 'f9', 'side1', 'side2', 'side3', 'side4']  # newly_added.0..5 (resnet50_SFC.py:33)
-
-
-def canonical_key(key):
-    """Map an authors' alias key to the tensor it aliases, or return it unchanged."""
-    m = re.match(r'backbone\.(\d+)\.(.*)', key)
-    if m:
-        key = f'stage{m.group(1)}.{m.group(2)}'
-    m = re.match(r'stage0\.([01])\.(.*)', key)
-    if m:
-        return ('resnet50.conv1.' if m.group(1) == '0' else 'resnet50.bn1.') + m.group(2)
-    m = re.match(r'stage([1-4])\.0\.(.*)', key)
-    if m:
-        return f'resnet50.layer{m.group(1)}.{m.group(2)}'
-    m = re.match(r'newly_added\.(\d)\.(.*)', key)
-    if m:
-        return f'{_NEW_ORDER[int(m.group(1))]}.{m.group(2)}'
-    return key
+# the authors' aliases: stage0..4, backbone.0..4 and newly_added.0..5 (SFC/network/resnet50_SFC.py:18-33)
+canonical_key = alias_mapper(0, {'newly_added': ['classifier', 'f9', 'side1', 'side2', 'side3', 'side4']})
 
 
 def load_sfc_weights(model, obj, source='checkpoint'):

@@ -15,9 +15,8 @@ from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset, num_classes
-from misc.torchutils import run_sharded
+from misc.torchutils import prefetch_loader, prepare_for_inference, run_sharded
 from net import resnet50_sfc
-from net.resnet50 import fold_batchnorm
 
 
 def postprocess(maps, size, keys, eps=1e-5, bg_offset=0.4, fg_scale=2.0):
@@ -38,10 +37,7 @@ def load_cam_model(args, device):
     model = resnet50_sfc.CAM(num_classes(args), backbone_width=args.backbone_width, backbone_weights='none',
                              bg_factor=args.sfc_proto_bg_factor)
     resnet50_sfc.load_sfc_weights(model, camio.load_checkpoint(args.sfc_weights), args.sfc_weights)
-    model.eval()
-    if args.cam_fold_bn:
-        fold_batchnorm(model.resnet50)
-    return model.to(device)
+    return prepare_for_inference(model, device, args.cam_fold_bn)
 
 
 def _work(rank, indices, device, args):
@@ -50,10 +46,7 @@ def _work(rank, indices, device, args):
                                                     scales=args.cam_scales)
     model = load_cam_model(args, device)
     n_cls = num_classes(args)
-    # workers decode and rescale the next images while this process runs the network
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, indices), batch_size=None, shuffle=False,
-                                         num_workers=args.num_workers, pin_memory=device.type == 'cuda')
-    for pack in tqdm(loader, desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
+    for pack in tqdm(prefetch_loader(ds, indices, args.num_workers, device), desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
         keys = camio.keys_from_label(pack['label'].numpy())
         label = torch.zeros(n_cls, device=device)
         label[torch.as_tensor(keys, device=device)] = 1

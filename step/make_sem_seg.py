@@ -18,9 +18,8 @@ from misc import camio
 from misc.dataset import get_dataset
 from misc.imutils import voc_palette
 from misc.indexing import propagate, transition_matrix_sparse
-from misc.torchutils import run_sharded
+from misc.torchutils import prefetch_loader, prepare_for_inference, run_sharded
 from net import resnet50_irn
-from net.resnet50 import fold_batchnorm
 
 
 def pseudo_label(cams, edge, size, args):
@@ -52,10 +51,7 @@ def load_edge_model(args, device):
     model = resnet50_irn.EdgeDisplacement(crop_size=args.irn_crop_size_infer, stride=4,
                                           backbone_width=args.backbone_width, backbone_weights='none')
     resnet50_irn.load_irn_weights(model, camio.load_checkpoint(args.irn_weights), args.irn_weights)
-    model.eval()
-    if args.cam_fold_bn:
-        fold_batchnorm(model.resnet50)
-    return model.to(device)
+    return prepare_for_inference(model, device, args.cam_fold_bn)
 
 
 def _work(rank, indices, device, args):
@@ -63,9 +59,7 @@ def _work(rank, indices, device, args):
     ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels, scales=(1.0,))
     model = load_edge_model(args, device)
     palette = voc_palette()
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, indices), batch_size=None, shuffle=False,
-                                         num_workers=args.num_workers, pin_memory=device.type == 'cuda')
-    for pack in tqdm(loader, desc=f'make_sem_seg[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
+    for pack in tqdm(prefetch_loader(ds, indices, args.num_workers, device), desc=f'make_sem_seg[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
         name = pack['name']
         cams = camio.load_cam(camio.cam_path(args.cam_dir, name))
         size = tuple(int(v) for v in pack['size'])

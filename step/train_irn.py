@@ -19,7 +19,7 @@ from misc.dataset import get_dataset, num_classes
 from misc.indexing import PathIndex
 from misc.pyutils import AverageMeter, format_seconds
 from misc.torchutils import PolyOptimizer, set_seed
-from misc.trainutils import epoch_batches, epoch_order
+from misc.trainutils import epoch_batches, epoch_order, load_resume_state
 from net import resnet50 as resnet
 from net import resnet50_irn
 
@@ -65,10 +65,7 @@ def run(args):
     resume_path = os.path.join(args.ckpt_dir, camio.IRN_RESUME)
     step = 0
     if args.irn_resume and os.path.isfile(resume_path):
-        state = camio.load_checkpoint(resume_path)
-        if int(state['max_step']) != max_step:
-            raise ValueError(f'{resume_path} was written for {state["max_step"]} steps, this run has {max_step}: '
-                             f'delete it to start afresh')
+        state = load_resume_state(resume_path, max_step)
         resnet50_irn.load_irn_weights(model, state['net'], resume_path)
         optimizer.load_state_dict(state['optimizer'])
         step = int(state['step'])

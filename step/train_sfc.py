@@ -12,7 +12,6 @@ Differences from the authors that do not change the computation: the in-batch re
 torch.randperm(20) are dropped (they only consume RNG); stage0-2 run without autograd (they never get a
 gradient); the bank lives on the device.
 """
-import math
 import os
 import time
 
@@ -27,7 +26,7 @@ from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
 from misc.pyutils import AverageMeter, format_seconds
 from misc.torchutils import PolyOptimizer, set_seed
-from misc.trainutils import epoch_batches, epoch_order
+from misc.trainutils import epoch_batches, epoch_order, load_resume_state
 from net import resnet50_sfc, sfc_loss
 from net import resnet50 as resnet
 
@@ -77,6 +76,9 @@ def dc_weights(args, counts, steps_per_epoch):
         offset = sfc_loss.dc_offset(steps_per_epoch, args.sfc_bank_samples if args.sfc_ibr else 0, len(counts))
     else:
         offset = float(args.sfc_dc_offset)
+    if offset <= 0 and (counts == 0).any():
+        raise ValueError(f'DC weights: classes without training images and offset {offset} divide by zero; '
+                         f'pass a positive --sfc_dc_offset or --sfc_dc_weights False')
     return sfc_loss.msdw_class_weights(counts, offset)
 
 
@@ -151,16 +153,15 @@ def run(args):
     resume_path = os.path.join(ckpt, camio.SFC_RESUME)
     start, best = 0, {'score': -1.0, 'step': None}
     if args.sfc_resume and os.path.isfile(resume_path):
-        state = camio.load_checkpoint(resume_path)
+        state = load_resume_state(resume_path, max_step)
         resnet50_sfc.load_sfc_weights(model, state['net'], resume_path)
         optimizer.load_state_dict(state['optimizer'])
         if bank is not None:
+            if state['bank'] is None:
+                raise ValueError(f'{resume_path} was written with --sfc_ibr False; resume with the same setting')
             bank.load_state_dict(state['bank'])
         bank_gen.set_state(state['bank_rng'])
         start, best = int(state['step']), dict(state['best'])
-        if int(state['max_step']) != max_step:
-            raise ValueError(f'{resume_path} was written for {state["max_step"]} steps, this run has {max_step}: '
-                             f'delete it (or the work dir) to start afresh')
         print(f'  resumed from {resume_path} at step {start}/{max_step}')
     elif args.backbone_weights == 'none' and args.sfc_calibrate_bn:
         calibrate(model, train_ds, device, args)
@@ -171,7 +172,7 @@ def run(args):
                                'bank_rng': bank_gen.get_state(), 'best': best}, resume_path)
 
     meter = AverageMeter()
-    t0, last_print = time.time(), start
+    t0 = time.time()
     s1, s2 = crop // 16, int(round(crop * args.sfc_half_scale)) // 16
     step = start
     pbar = tqdm(total=max_step, initial=start, desc='train_sfc', dynamic_ncols=True, mininterval=5)
