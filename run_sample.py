@@ -22,8 +22,10 @@ PASS_ALIASES = {'train_cam': 'train_sfc'}  # IRN-style name accepted for SFC tra
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument_group('Environment')
-    a.add_argument('--dataset', default='voc12', choices=('voc12',))
+    a.add_argument('--dataset', default='voc12', choices=('voc12', 'coco14'))
     a.add_argument('--voc12_root', default=None, type=str, help='VOC2012 folder (JPEGImages/, SegmentationClass/, ...)')
+    a.add_argument('--coco14_root', default=None, type=str,
+                   help='COCO 2014 folder (train2014/, val2014/, annotations/, SegmentationClass/ from coco14.make_cls_labels)')
     a.add_argument('--work_dir', default='work/voc', type=str, help='every output goes below this folder')
     a.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     a.add_argument('--num_workers', default=max(1, (os.cpu_count() or 2) // 2), type=int,
@@ -146,6 +148,8 @@ def get_parser():
     a.add_argument('--sem_seg_radius', default=5, type=int, help='random-walk radius (:51, :59)')
     a.add_argument('--irn_crop_size_infer', default=512, type=int,
                    help='EdgeDisplacement pads images to this size (larger ones to a multiple of 32)')
+    a.add_argument('--eval_masks', default='sem_seg', choices=('sem_seg', 'ir_label'),
+                   help="masks eval_sem_seg scores: IRN's sem_seg, or the CRF ir_label (the authors' final COCO masks; 255 -> 0)")
     a.add_argument('--sem_seg_skip_existing', default=True, type=str2bool, help='skip images whose sem_seg PNG is complete')
 
     a = p.add_argument_group('Steps (True runs the step)')
@@ -202,7 +206,7 @@ def print_summary(metrics_dir):
         if 'ir_label' in m:
             rows.append(['IR label precision', f'{m["ir_label"]["precision"]:.4f}', 'confident pixels'])
             rows.append(['IR label coverage', f'{m["ir_label"]["coverage"]:.4f}', 'share of non-void pixels'])
-        rows.append(['pseudo-mask mIoU', f'{m["miou"]:.4f}', f'{m["n_images"]} images'])
+        rows.append([f'pseudo-mask mIoU ({m.get("masks", "sem_seg")})', f'{m["miou"]:.4f}', f'{m["n_images"]} images'])
     if rows:
         print('summary (' + metrics_dir + ')')
         print(format_table(['metric', 'value', 'on'], rows))

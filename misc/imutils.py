@@ -12,7 +12,7 @@ def pil_resize(img, size, order):
     if img.shape[:2] == (h, w):
         return img
     resample = {3: Image.BICUBIC, 1: Image.BILINEAR, 0: Image.NEAREST}[order]
-    return np.asarray(Image.fromarray(img).resize((w, h), resample))
+    return np.array(Image.fromarray(img).resize((w, h), resample))  # writable (torch.from_numpy needs it)
 
 
 def scaled_size(h, w, scale):

@@ -29,6 +29,14 @@ class VOC12Layout:
     root_flag = '--voc12_root'
 
     @classmethod
+    def check_root(cls, root):
+        if not root or not os.path.isdir(root):
+            raise FileNotFoundError(f'dataset root {root!r} does not exist ({cls.root_flag})')
+        if not os.path.isdir(os.path.join(root, cls.img_dir)):
+            raise FileNotFoundError(f'dataset root {root} has no {cls.img_dir}/ folder '
+                                    f'({cls.root_flag} must point at the folder that contains it)')
+
+    @classmethod
     def n_cat(cls):
         return len(cls.cat_list)
 
@@ -106,11 +114,7 @@ class ImageDataset(torch.utils.data.Dataset):
     layout = VOC12Layout
 
     def __init__(self, img_name_list_path, root):
-        if not root or not os.path.isdir(root):
-            raise FileNotFoundError(f'dataset root {root!r} does not exist ({self.layout.root_flag})')
-        if not os.path.isdir(os.path.join(root, self.layout.img_dir)):
-            raise FileNotFoundError(f'dataset root {root} has no {self.layout.img_dir}/ folder '
-                                    f'({self.layout.root_flag} must point at the folder that contains it)')
+        self.layout.check_root(root)
         self.root = root
         self.list_path = img_name_list_path
         self.names = load_img_name_list(img_name_list_path)

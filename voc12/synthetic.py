@@ -48,7 +48,7 @@ MAX_CLASSES = 3
 PERIOD = 8  # texture period in pixels
 
 
-def _sizes(rng, lo, hi):
+def image_size(rng, lo, hi):
     while True:
         h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
         if h % 16 and w % 16:
@@ -71,22 +71,23 @@ def _classes(rng):
     return present
 
 
-def _texture(texture, h, w, phase):
+def texture(kind, h, w, phase):
+    """(h, w) float32 brightness pattern of a texture kind (solid, stripes, checker), shifted by phase."""
     yy, xx = np.mgrid[0:h, 0:w]
     yy, xx = yy + phase[0], xx + phase[1]
     half = PERIOD // 2
-    if texture == SOLID:
+    if kind == SOLID:
         return np.ones((h, w), np.float32)
-    if texture == HSTRIPE:
+    if kind == HSTRIPE:
         on = (yy // half) % 2 == 0
-    elif texture == VSTRIPE:
+    elif kind == VSTRIPE:
         on = (xx // half) % 2 == 0
     else:
         on = ((yy // half) + (xx // half)) % 2 == 0
     return np.where(on, 1.0, 0.4).astype(np.float32)
 
 
-def _shape_mask(rng, h, w):
+def shape_mask(rng, h, w):
     mask = np.zeros((h, w), np.uint8)
     sh, sw = int(h * rng.uniform(0.3, 0.65)), int(w * rng.uniform(0.3, 0.65))
     cy, cx = int(rng.integers(sh // 2, h - sh // 2)), int(rng.integers(sw // 2, w - sw // 2))
@@ -101,7 +102,7 @@ def _shape_mask(rng, h, w):
     return mask.astype(bool)
 
 
-def _background(rng, h, w):
+def background(rng, h, w):
     base = rng.uniform(85, 165) + rng.uniform(-12, 12, size=3)
     gy, gx = np.mgrid[0:h, 0:w] / max(h, w)
     grad = (rng.uniform(-25, 25) * gy + rng.uniform(-25, 25) * gx)[..., None]
@@ -111,14 +112,14 @@ def _background(rng, h, w):
 
 def make_sample(rng, h, w):
     """One image (H,W,3 uint8), its GT (H,W uint8, 255 band) and the visible objects [(class, bbox)]."""
-    img = _background(rng, h, w)
+    img = background(rng, h, w)
     gt = np.zeros((h, w), np.uint8)
     for cls in _classes(rng):
         n_inst = 1 + int(rng.random() < 0.25)
-        colour, texture = APPEARANCE[cls]
+        colour, kind = APPEARANCE[cls]
         for _ in range(n_inst):
-            m = _shape_mask(rng, h, w)
-            tex = _texture(texture, h, w, rng.integers(0, PERIOD, size=2))
+            m = shape_mask(rng, h, w)
+            tex = texture(kind, h, w, rng.integers(0, PERIOD, size=2))
             col = np.asarray(COLOURS[colour], np.float32) * rng.uniform(0.85, 1.1)
             fill = col[None, None, :] * tex[..., None] + rng.normal(0, 10, size=(h, w, 3))
             img[m] = fill[m]
@@ -174,7 +175,7 @@ def make_synthetic_voc(out_root, n_train=200, n_val=100, n_aug=300, seed=0, min_
         for _ in range(n):
             name = f'2012_{k:06d}'
             k += 1
-            h, w = _sizes(rng, min_size, max_size)
+            h, w = image_size(rng, min_size, max_size)
             img, gt, gt_band, objects = make_sample(rng, h, w)
             if not objects:  # every image carries at least one class
                 img, gt, gt_band, objects = make_sample(rng, h, w)
