@@ -17,6 +17,8 @@ from misc.pyutils import Tee, format_seconds, format_table, str2bool
 
 STEPS = ('train_sfc', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg')
 PASS_ALIASES = {'train_cam': 'train_sfc'}  # IRN-style name accepted for SFC training
+# (train/infer list, eval list) under work_dir/meta, as the dataset's make_cls_labels writes them (SPEC B1.2, B9)
+DEFAULT_LISTS = {'voc12': ('train_aug.txt', 'train.txt'), 'coco14': ('train2014.txt', 'train2014.txt')}
 
 
 def get_parser():
@@ -35,9 +37,12 @@ def get_parser():
     a.add_argument('--log', default=True, type=str2bool, help='tee stdout into work_dir/run.log')
 
     a = p.add_argument_group('Data (lists default to work_dir/meta, built by voc12.make_cls_labels)')
-    a.add_argument('--train_list', default=None, type=str, help='images SFC trains on (default meta/train_aug.txt)')
-    a.add_argument('--infer_list', default=None, type=str, help='images make_cam runs on (default meta/train_aug.txt)')
-    a.add_argument('--eval_list', default=None, type=str, help='images with GT that eval_cam scores (default meta/train.txt)')
+    a.add_argument('--train_list', default=None, type=str,
+                   help='images SFC and IRN train on (default meta/train_aug.txt; COCO meta/train2014.txt)')
+    a.add_argument('--infer_list', default=None, type=str,
+                   help='images make_cam, cam_to_ir_label and make_sem_seg run on (default: as --train_list)')
+    a.add_argument('--eval_list', default=None, type=str,
+                   help='images with GT that the eval steps score (default meta/train.txt; COCO meta/train2014.txt)')
     a.add_argument('--cls_labels', default=None, type=str, help='image-level labels (default meta/cls_labels.npz)')
 
     a = p.add_argument_group('Backbone')
@@ -172,9 +177,10 @@ def finalize_args(args):
         setattr(args, k, v)
         os.makedirs(v, exist_ok=True)
     meta = args.meta_dir
-    args.train_list = args.train_list or os.path.join(meta, 'train_aug.txt')
-    args.infer_list = args.infer_list or os.path.join(meta, 'train_aug.txt')
-    args.eval_list = args.eval_list or os.path.join(meta, 'train.txt')
+    train, evaluate = DEFAULT_LISTS[args.dataset]
+    args.train_list = args.train_list or os.path.join(meta, train)
+    args.infer_list = args.infer_list or os.path.join(meta, train)
+    args.eval_list = args.eval_list or os.path.join(meta, evaluate)
     args.sfc_val_list = args.sfc_val_list or args.eval_list
     args.cls_labels = args.cls_labels or os.path.join(meta, 'cls_labels.npz')
     args.sfc_weights = args.sfc_weights or os.path.join(args.ckpt_dir, camio.SFC_WEIGHTS)

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from coco14.dataloader import CAT_LIST, SPLITS
-from misc.camio import _atomic, is_complete_label, save_json, write_label
+from misc.camio import atomic_write, is_complete_label, save_json, write_label
 from misc.imutils import voc_palette
 from voc12.dataloader import save_img_name_list
 
@@ -89,7 +89,7 @@ def prepare(root, out_dir, splits=SPLITS, write_gt=True):
     def write(tmp):
         with open(tmp, 'wb') as f:
             np.savez(f, names=np.array(names_all), labels=labels)
-    _atomic(os.path.join(out_dir, 'cls_labels.npz'), write)
+    atomic_write(os.path.join(out_dir, 'cls_labels.npz'), write)
     save_json(os.path.join(out_dir, 'class_counts.json'),
               {s: dict(zip(CAT_LIST, labels[[names_all.index(n) for n in ns]].sum(0).tolist())) for s, ns in lists.items()})
     return lists, labels

@@ -36,7 +36,7 @@ def work_layout(work_dir):
     return {k: os.path.join(work_dir, v) for k, v in SUBDIRS.items()}
 
 
-def _atomic(path, write):
+def atomic_write(path, write):
     """write(tmp_path) then rename onto path."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -68,7 +68,7 @@ def save_cam(path, keys, cam, proto_cam):
     def write(tmp):
         with open(tmp, 'wb') as f:
             np.savez(f, keys=keys, cam=cam, proto_cam=proto_cam)
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def keys_from_label(label):
@@ -128,7 +128,7 @@ def write_label(path, label, palette=None):
     img = Image.fromarray(arr.astype(np.uint8), mode='L' if palette is None else 'P')
     if palette is not None:
         img.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
-    _atomic(path, lambda tmp: img.save(tmp, format='PNG'))
+    atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))
 
 
 def read_label(path):
@@ -145,7 +145,7 @@ def read_label(path):
 
 
 def write_image(path, rgb):
-    _atomic(path, lambda tmp: Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format='PNG'))
+    atomic_write(path, lambda tmp: Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format='PNG'))
 
 
 # --- json and checkpoints -----------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def save_json(path, obj):
     def write(tmp):
         with open(tmp, 'w', encoding='utf-8') as f:
             f.write(text + '\n')
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def load_json(path):
@@ -179,7 +179,7 @@ def load_json(path):
 
 
 def save_checkpoint(obj, path):
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path):

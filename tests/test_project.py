@@ -23,7 +23,7 @@ def python_files():
 def test_no_cuda_literals_no_forbidden_imports_no_pickle():
     for f in python_files():
         text = open(os.path.join(ROOT, f), encoding='utf-8').read()
-        assert '.cuda(' not in text, f
+        assert '.cu' + 'da(' not in text, f  # spelled apart so that this file passes its own check
         assert not re.search(r'^\s*(import|from)\s+(chainercv|torchvision)\b', text, re.M), f
         assert 'allow_pickle=True' not in text and 'weights_only=False' not in text, f
 

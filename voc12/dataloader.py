@@ -79,12 +79,12 @@ def load_img_name_list(path):
 
 
 def save_img_name_list(path, names):
-    from misc.camio import _atomic
+    from misc.camio import atomic_write
 
     def write(tmp):
         with open(tmp, 'w', encoding='utf-8') as f:
             f.writelines(n + '\n' for n in names)
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def load_cls_labels(path):

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from misc.camio import _atomic, read_label, save_json
+from misc.camio import atomic_write, read_label, save_json
 from voc12.dataloader import CAT_LIST, load_img_name_list, save_img_name_list
 
 AUG_DIR = 'SegmentationClassAug'
@@ -84,7 +84,7 @@ def build(root, out_dir):
     def write(tmp):
         with open(tmp, 'wb') as f:
             np.savez(f, names=np.array(all_ids), labels=labels)
-    _atomic(os.path.join(out_dir, 'cls_labels.npz'), write)
+    atomic_write(os.path.join(out_dir, 'cls_labels.npz'), write)
     counts = {split: dict(zip(CAT_LIST, labels[[all_ids.index(n) for n in names]].sum(0).tolist()))
               for split, names in lists.items()}
     save_json(os.path.join(out_dir, 'class_counts.json'), counts)
