@@ -35,6 +35,9 @@ def get_parser():
     a.add_argument('--seed', default=10, type=int, help='seeds every stage (SFC/train_resnet50_SFC.py:99)')
     a.add_argument('--deterministic', default=False, type=str2bool, help='cuDNN deterministic mode')
     a.add_argument('--log', default=True, type=str2bool, help='tee stdout into work_dir/run.log')
+    a.add_argument('--check_data', default=True, type=str2bool,
+                   help='before the steps, check that every listed image, label and needed GT mask exists '
+                        '(python -m misc.check_data also decodes every file)')
 
     a = p.add_argument_group('Data (lists default to work_dir/meta, built by voc12.make_cls_labels)')
     a.add_argument('--train_list', default=None, type=str,
@@ -198,6 +201,34 @@ def finalize_args(args):
     return args
 
 
+# which lists each step reads images / GT of
+_LIST_USE = {'train_sfc': ('train_list', 'sfc_val_list'), 'make_cam': ('infer_list',), 'eval_cam': ('eval_list',),
+             'cam_to_ir_label': ('infer_list',), 'train_irn': ('train_list',), 'make_sem_seg': ('infer_list',),
+             'eval_sem_seg': ('eval_list',)}
+_GT_USE = {'eval_cam': ('eval_list',), 'eval_sem_seg': ('eval_list',), 'train_sfc': ('sfc_val_list',)}
+
+
+def quick_check(args, steps):
+    """Existence of every image, label and GT mask the selected steps will read; stops with all problems."""
+    from misc.check_data import check, report
+    from misc.dataset import get_dataset
+    lists, gt = [], []
+    for s in steps:
+        for k in _LIST_USE[s]:
+            if k != 'sfc_val_list' or args.sfc_select_on_gt:
+                lists.append(getattr(args, k))
+        for k in _GT_USE.get(s, ()):
+            if k != 'sfc_val_list' or args.sfc_select_on_gt:
+                gt.append(getattr(args, k))
+    problems, summary = check(get_dataset(args), args.dataset_root, list(dict.fromkeys(lists)),
+                              list(dict.fromkeys(gt)), args.cls_labels)
+    if problems:
+        report(problems, summary)
+        raise SystemExit(f'data check failed with {len(problems)} problems (listed above); fix them, or pass '
+                         f'--check_data False to let the steps fail on the first one')
+    print(f'  data check: OK ({", ".join(f"{os.path.basename(p)} {n}" for p, n, _ in summary)})')
+
+
 def print_summary(metrics_dir):
     """One table of every metric written so far in this work directory."""
     rows = []
@@ -228,6 +259,8 @@ def main(argv=None):
     try:
         camio.save_json(os.path.join(args.work_dir, 'args.json'), vars(args))
         print(f'work dir {args.work_dir}, device {args.device}, steps: {", ".join(steps) or "none"}')
+        if args.check_data and steps:
+            quick_check(args, steps)
         for s in steps:
             t0 = time.perf_counter()
             print(f'=== {s} ===')
