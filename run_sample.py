@@ -85,7 +85,8 @@ def get_parser():
     a.add_argument('--sfc_select_on_gt', default=True, type=str2bool,
                    help="authors' checkpoint choice on PIXEL GT of --sfc_val_list (SPEC A1); False = final weights")
     a.add_argument('--sfc_val_list', default=None, type=str, help='GT list for --sfc_select_on_gt (default --eval_list)')
-    a.add_argument('--sfc_val_freq', default=300, type=int, help='validate when (g-1)%%300==0 and g>10 (:94-96)')
+    a.add_argument('--sfc_val_freq', default=300, type=int, help='validate when (g-1)%%300==0 and g > --sfc_val_min_step (:94-96)')
+    a.add_argument('--sfc_val_min_step', default=10, type=int, help='no validation up to this step (g > 10, :299)')
     a.add_argument('--sfc_print_freq', default=10, type=int, help=':94')
     a.add_argument('--sfc_ckpt_freq', default=100, type=int, help='steps between resume checkpoints')
     a.add_argument('--sfc_resume', default=True, type=str2bool, help='continue from ckpt/sfc_resume.pth if present')

@@ -76,6 +76,11 @@ def keys_from_label(label):
     return np.concatenate([[0], np.nonzero(np.asarray(label) > 0)[0] + 1]).astype(np.int64)
 
 
+def unfinished(names, path_of, is_complete, skip=True):
+    """Indices of `names` whose artefact path_of(name) is not complete yet (all of them when skip is False)."""
+    return [i for i, n in enumerate(names) if not (skip and is_complete(path_of(n)))]
+
+
 def load_cam(path):
     """Read a cam/<id>.npz; checks the schema and says which file is wrong."""
     if not os.path.isfile(path):

@@ -36,6 +36,11 @@ class ConfusionMatrix:
         return scores_from_confusion(self.mat)
 
 
+def per_class(values, class_names):
+    """{class name: float} for a per-class array (NaN stays NaN; camio.save_json writes it as null)."""
+    return {n: float(x) for n, x in zip(class_names, values)}
+
+
 def scores_from_confusion(mat):
     """IoU, precision, recall and confusion-with-other-foreground per class; NaN where undefined."""
     mat = np.asarray(mat, dtype=np.float64)

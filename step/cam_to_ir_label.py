@@ -52,9 +52,8 @@ def _one(job):
 
 def run(args):
     ds = get_dataset(args).ImageDataset(args.infer_list, args.dataset_root)
-    names = ds.names
-    if args.ir_skip_existing:
-        names = [n for n in names if not camio.is_complete_label(camio.label_path(args.ir_label_dir, n))]
+    names = [ds.names[i] for i in camio.unfinished(ds.names, lambda n: camio.label_path(args.ir_label_dir, n),
+                                                    camio.is_complete_label, args.ir_skip_existing)]
     print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(names)} already done, {len(names)} to do; '
           f'F = cam + {args.ir_proto_weight} proto_cam, bg x{args.ir_bg_factor}, CRF t={args.ir_crf_iters}')
     jobs = [(n, ds.image_path(n), args) for n in names]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset
-from misc.metrics import ConfusionMatrix
+from misc.metrics import ConfusionMatrix, per_class
 from misc.pyutils import format_table
 from misc.visualize import cam_panels
 
@@ -44,7 +44,8 @@ def check_keys(cams, label, name):
 
 
 def metrics_dict(scores, class_names, n_images, **extra):
-    per = lambda v: {n: float(x) for n, x in zip(class_names, v)}
+    def per(v):
+        return per_class(v, class_names)
     return {'miou': scores['miou'], 'iou': per(scores['iou']), 'n_images': n_images,
             'precision': per(scores['precision']), 'recall': per(scores['recall']),
             'to_other_fg': per(scores['to_other_fg']), 'gt_pixels': per(scores['gt_pixels']), **extra}

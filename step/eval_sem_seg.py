@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset
-from misc.metrics import ConfusionMatrix
+from misc.metrics import ConfusionMatrix, per_class
 from misc.pyutils import format_table
 
 
@@ -31,12 +31,11 @@ def run(args):
         path = camio.label_path(mask_dir, name)
         if not os.path.isfile(path):
             raise FileNotFoundError(f'pseudo mask {path} is missing: run {producer} on a list containing {name}')
-        pred = camio.read_label(path).copy()
-        pred[pred == 255] = 0  # as the authors (SFC/eval_sem_seg.py:16)
-        conf.update(gt, pred, name)
+        mask = camio.read_label(path)
+        conf.update(gt, np.where(mask == 255, 0, mask), name)  # 255 -> 0 as the authors (SFC/eval_sem_seg.py:16)
         ir_path = camio.label_path(args.ir_label_dir, name)
-        if os.path.isfile(ir_path):
-            ir = camio.read_label(ir_path)
+        if args.eval_masks == 'ir_label' or os.path.isfile(ir_path):
+            ir = mask if args.eval_masks == 'ir_label' else camio.read_label(ir_path)
             keep = (ir != 255) & (gt != 255)
             ir_pix += int((gt != 255).sum())
             ir_confident += int(keep.sum())
@@ -47,7 +46,9 @@ def run(args):
                  float(np.nanmean(s['fp'][1:])), float(np.nanmean(s['fn'][1:]))])
     print(f'eval_sem_seg: {args.eval_masks} masks on {args.eval_list} ({len(names)} images)')
     print(format_table(['class', 'IoU', 'precision', 'recall', 'fp', 'fn'], rows))
-    per = lambda v: {n: float(x) for n, x in zip(class_names, v)}
+
+    def per(v):
+        return per_class(v, class_names)
     out = {'miou': s['miou'], 'iou': per(s['iou']), 'n_images': len(names), 'precision': per(s['precision']),
            'recall': per(s['recall']), 'fp': per(s['fp']), 'fn': per(s['fn']),
            'fp_bg': float(s['fp'][0]), 'fn_bg': float(s['fn'][0]), 'mean_fp_fg': float(np.nanmean(s['fp'][1:])),

@@ -69,9 +69,8 @@ def run(args):
     if not os.path.isfile(args.sfc_weights):
         raise FileNotFoundError(f'--sfc_weights {args.sfc_weights} does not exist: run train_sfc first '
                                 f'(--train_sfc_pass True) or point --sfc_weights at a checkpoint')
-    todo = list(range(len(ds)))
-    if args.cam_skip_existing:
-        todo = [i for i in todo if not camio.is_complete_cam(camio.cam_path(args.cam_dir, ds.names[i]))]
+    todo = camio.unfinished(ds.names, lambda n: camio.cam_path(args.cam_dir, n), camio.is_complete_cam,
+                            args.cam_skip_existing)
     print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(todo)} already done, {len(todo)} to do; '
           f'scales {tuple(args.cam_scales)}; weights {args.sfc_weights}')
     if todo:

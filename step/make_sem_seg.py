@@ -77,9 +77,8 @@ def run(args):
     if not os.path.isfile(args.irn_weights):
         raise FileNotFoundError(f'--irn_weights {args.irn_weights} does not exist: run train_irn first '
                                 f'(--train_irn_pass True) or point --irn_weights at a checkpoint')
-    todo = list(range(len(ds)))
-    if args.sem_seg_skip_existing:
-        todo = [i for i in todo if not camio.is_complete_label(camio.label_path(args.sem_seg_dir, ds.names[i]))]
+    todo = camio.unfinished(ds.names, lambda n: camio.label_path(args.sem_seg_dir, n), camio.is_complete_label,
+                            args.sem_seg_skip_existing)
     print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(todo)} already done, {len(todo)} to do; '
           f'F = cam + {args.sem_seg_proto_weight} proto_cam, power {args.sem_seg_power}, beta {args.beta}, '
           f'T^{2 ** args.exp_times}')

@@ -202,7 +202,7 @@ def run(args):
                 pbar.write(f'step {step - 1:5d}/{max_step}  lossCLS {meter.pop("cls"):.4f}  L_PDW {meter.pop("pdw"):.4f}  '
                            f'L_WDW {meter.pop("wdw"):.4f}  lr {optimizer.param_groups[0]["lr"]:.4g}  '
                            f'{rate * B:.1f} img/s  ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
-            if val_ds is not None and (step - 1) % args.sfc_val_freq == 0 and step > 10:
+            if val_ds is not None and (step - 1) % args.sfc_val_freq == 0 and step > args.sfc_val_min_step:
                 miou = validate(model, val_ds, device)
                 score = miou['cam'] + miou['proto_cam']
                 pbar.write(f'  validation (GT) at step {step}: mIoU cam {miou["cam"]:.4f}  proto_cam '
