@@ -1,4 +1,5 @@
-"""Device choice, seeding, the authors' poly-decay SGD, and sharded inference."""
+"""Device choice, seeding, the authors' poly-decay SGD, sharded inference and out-of-memory messages."""
+import contextlib
 import os
 import random
 
@@ -110,3 +111,34 @@ def prefetch_loader(dataset, indices, num_workers, device):
     """Items of dataset[indices] one at a time, decoded/rescaled by workers ahead of the network."""
     return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=None, shuffle=False,
                                        num_workers=num_workers, pin_memory=torch.device(device).type == 'cuda')
+
+
+# --- out of memory ------------------------------------------------------------------------------------------
+class OutOfMemory(RuntimeError):
+    """An out-of-memory error re-raised with the item that caused it and the flag to lower."""
+
+
+def is_out_of_memory(exc):
+    """CUDA's torch.OutOfMemoryError, the CPU allocator's RuntimeError, or Python's MemoryError."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ('out of memory' in msg or "can't allocate memory" in msg)
+
+
+@contextlib.contextmanager
+def explain_oom(where, advice, device=None):
+    """Turn an out-of-memory error inside the block into OutOfMemory('<where>: out of memory ... <advice>'),
+    freeing the CUDA cache first; other errors pass through unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        del e  # drop the traceback's references to the failed block's tensors
+        dev = torch.device(device) if device is not None else None
+        if dev is not None and dev.type == 'cuda':
+            torch.cuda.empty_cache()
+        on = f' on {dev}' if dev is not None else ''
+        raise OutOfMemory(f'{where}: out of memory{on} ({first}). {advice}') from None

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from misc import camio
 from misc.dataset import get_dataset
 from misc.imutils import crf_inference_label
+from misc.torchutils import explain_oom
 
 
 def ir_label(img, cams, fuse_weight=0.7, bg_factor=0.5, ignore=255, **crf_kw):
@@ -45,7 +46,11 @@ def _one(job):
     if cams['cam'].shape[1:] != img.shape[:2]:
         raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {img.shape[:2]}; '
                          f're-run make_cam for it')
-    lab = ir_label(img, cams, args.ir_proto_weight, args.ir_bg_factor, **crf_kwargs(args))
+    with explain_oom(f'cam_to_ir_label, image {name} ({img.shape[0]}x{img.shape[1]}, {len(cams["keys"])} labels)',
+                     f'The dense CRF holds a few copies of H x W x labels floats per process: lower --num_workers '
+                     f'(now {args.num_workers}; the labels do not change). Labels finished so far are kept; '
+                     f're-running cam_to_ir_label continues after them.'):
+        lab = ir_label(img, cams, args.ir_proto_weight, args.ir_bg_factor, **crf_kwargs(args))
     camio.write_label(camio.label_path(args.ir_label_dir, name), lab)
     return name
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset, num_classes
-from misc.torchutils import prefetch_loader, prepare_for_inference, run_sharded
+from misc.torchutils import explain_oom, prefetch_loader, prepare_for_inference, run_sharded
 from net import resnet50_sfc
 
 
@@ -40,6 +40,30 @@ def load_cam_model(args, device):
     return prepare_for_inference(model, device, args.cam_fold_bn)
 
 
+def cams_of(model, pack, n_cls, size, args, device):
+    """(cam, proto_cam) (K,H,W) float32 arrays and keys of one multi-scale pack."""
+    keys = camio.keys_from_label(pack['label'].numpy())
+    label = torch.zeros(n_cls, device=device)
+    label[torch.as_tensor(keys, device=device)] = 1
+    cams, protos = [], []
+    with torch.inference_mode():
+        for img in pack['img']:
+            cam, proto, _ = model(img.to(device, non_blocking=True), label)
+            cams.append(cam)
+            protos.append(proto)
+        kw = dict(eps=args.cam_norm_eps, bg_offset=args.cam_bg_offset, fg_scale=args.cam_fg_scale)
+        cam = postprocess(cams, size, keys, **kw)
+        proto = postprocess(protos, size, keys, **kw)
+    return cam.cpu().numpy(), proto.cpu().numpy(), keys
+
+
+def oom_advice(args, device):
+    elsewhere = 'a GPU with more memory or --device cpu' if torch.device(device).type == 'cuda' else 'a machine with more memory'
+    return (f'The largest scale ({max(args.cam_scales)}) needs the most memory: run on {elsewhere} (same CAMs), '
+            f'or leave that scale out of --cam_scales (changes the CAMs). '
+            f'CAMs finished so far are kept; re-running make_cam continues after them.')
+
+
 def _work(rank, indices, device, args):
     device = torch.device(device)
     ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels,
@@ -47,20 +71,11 @@ def _work(rank, indices, device, args):
     model = load_cam_model(args, device)
     n_cls = num_classes(args)
     for pack in tqdm(prefetch_loader(ds, indices, args.num_workers, device), desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
-        keys = camio.keys_from_label(pack['label'].numpy())
-        label = torch.zeros(n_cls, device=device)
-        label[torch.as_tensor(keys, device=device)] = 1
-        cams, protos = [], []
-        with torch.inference_mode():
-            for img in pack['img']:
-                cam, proto, _ = model(img.to(device, non_blocking=True), label)
-                cams.append(cam)
-                protos.append(proto)
-            kw = dict(eps=args.cam_norm_eps, bg_offset=args.cam_bg_offset, fg_scale=args.cam_fg_scale)
-            size = tuple(int(v) for v in pack['size'])
-            cam = postprocess(cams, size, keys, **kw)
-            proto = postprocess(protos, size, keys, **kw)
-        camio.save_cam(camio.cam_path(args.cam_dir, pack['name']), keys, cam.cpu().numpy(), proto.cpu().numpy())
+        size = tuple(int(v) for v in pack['size'])
+        with explain_oom(f'make_cam, image {pack["name"]} ({size[0]}x{size[1]}) at scales {tuple(args.cam_scales)}',
+                         oom_advice(args, device), device):
+            cam, proto, keys = cams_of(model, pack, n_cls, size, args, device)
+        camio.save_cam(camio.cam_path(args.cam_dir, pack['name']), keys, cam, proto)
 
 
 def run(args):

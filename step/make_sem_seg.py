@@ -18,7 +18,7 @@ from misc import camio
 from misc.dataset import get_dataset
 from misc.imutils import voc_palette
 from misc.indexing import propagate, transition_matrix_sparse
-from misc.torchutils import prefetch_loader, prepare_for_inference, run_sharded
+from misc.torchutils import explain_oom, prefetch_loader, prepare_for_inference, run_sharded
 from net import resnet50_irn
 
 
@@ -47,6 +47,13 @@ def pseudo_label(cams, edge, size, args):
     return keys[torch.argmax(score, dim=0).cpu().numpy()].astype(np.uint8)
 
 
+def oom_advice(device):
+    elsewhere = 'a GPU with more memory or --device cpu' if torch.device(device).type == 'cuda' else 'a machine with more memory'
+    return (f'Memory grows with the image area (edge network, then a sparse transition matrix of (H/4)(W/4) x the '
+            f'directions of --sem_seg_radius): run on {elsewhere} (same masks), or lower --sem_seg_radius (changes '
+            f'the masks). Masks finished so far are kept; re-running make_sem_seg continues after them.')
+
+
 def load_edge_model(args, device):
     model = resnet50_irn.EdgeDisplacement(crop_size=args.irn_crop_size_infer, stride=4,
                                           backbone_width=args.backbone_width, backbone_weights='none')
@@ -65,7 +72,8 @@ def _work(rank, indices, device, args):
         size = tuple(int(v) for v in pack['size'])
         if cams['cam'].shape[1:] != size:
             raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {size}')
-        with torch.inference_mode():
+        with explain_oom(f'make_sem_seg, image {name} ({size[0]}x{size[1]}, {len(cams["keys"])} channels)',
+                         oom_advice(device), device), torch.inference_mode():
             edge, _ = model(pack['img'][0].to(device, non_blocking=True))
             lab = pseudo_label(cams, edge, size, args)
         camio.write_label(camio.label_path(args.sem_seg_palette_dir, name), lab, palette)

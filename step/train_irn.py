@@ -18,7 +18,7 @@ from misc import camio, imutils
 from misc.dataset import get_dataset, num_classes
 from misc.indexing import PathIndex
 from misc.pyutils import AverageMeter, format_seconds
-from misc.torchutils import PolyOptimizer, set_seed
+from misc.torchutils import PolyOptimizer, explain_oom, set_seed
 from misc.trainutils import epoch_batches, epoch_order, load_resume_state
 from net import resnet50 as resnet
 from net import resnet50_irn
@@ -89,7 +89,10 @@ def run(args):
         for pack in epoch_batches(ds, step, steps_per_epoch, B, args.seed, args.num_workers, device):
             img = pack['img'].to(device, non_blocking=True)
             labels = affinity_labels_torch(pack['reduced_label'].to(device), src, dst, n_cls)
-            losses = accumulate_gradients(model, img, labels, inds, path_index, mb, optimizer)
+            with explain_oom(f'train_irn, step {step} ({img.shape[0]} crops of {crop}x{crop})',
+                             f'Lower --irn_micro_batch (now {mb}; the gradients do not change). Re-running resumes '
+                             f'from {resume_path}.', device):
+                losses = accumulate_gradients(model, img, labels, inds, path_index, mb, optimizer)
             if not torch.isfinite(losses['total']):
                 raise FloatingPointError(f'train_irn: non-finite loss at step {step}; the last good state stays in '
                                          f'{resume_path}. Lower --irn_lr.')

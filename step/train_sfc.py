@@ -25,7 +25,7 @@ from misc.dataset import get_dataset, num_classes
 from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
 from misc.pyutils import AverageMeter, format_seconds
-from misc.torchutils import PolyOptimizer, set_seed
+from misc.torchutils import PolyOptimizer, explain_oom, set_seed
 from misc.trainutils import epoch_batches, epoch_order, load_resume_state
 from net import resnet50_sfc, sfc_loss
 from net import resnet50 as resnet
@@ -185,7 +185,10 @@ def run(args):
                 bank.update(img, valid, label)
                 b_img, b_mask, b_label = bank.sample(args.sfc_bank_samples, bank_gen)
                 img, valid, label = torch.cat([img, b_img]), torch.cat([valid, b_mask]), torch.cat([label, b_label])
-            losses = sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer)
+            with explain_oom(f'train_sfc, step {step} ({img.shape[0]} crops of {crop}x{crop})',
+                             f'Lower --sfc_micro_batch (now {args.sfc_micro_batch or img.shape[0]}; the gradients do not '
+                             f'change). Re-running resumes from {resume_path}.', device):
+                losses = sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer)
             loss_cls, loss_pdw, loss_wdw = losses['cls'], losses['pdw'], losses['wdw']
             if not torch.isfinite(loss_cls + loss_pdw + loss_wdw):
                 raise FloatingPointError(

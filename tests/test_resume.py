@@ -1,5 +1,6 @@
-"""A killed train_sfc / make_cam resumes and ends exactly where an uninterrupted run ends."""
+"""A killed train_sfc / train_irn / make_cam resumes and ends exactly where an uninterrupted run ends."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -36,6 +37,37 @@ def test_train_sfc_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
 
     a = torch.load(os.path.join(full, 'ckpt', camio.SFC_FINAL), weights_only=True)['net']
     b = torch.load(os.path.join(part, 'ckpt', camio.SFC_FINAL), weights_only=True)['net']
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_train_irn_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
+    val = os.path.join(tiny_voc['meta'], 'val.txt')
+    common = ['--train_irn_pass', 'True', '--train_list', val, '--irn_crop_size', '96', '--irn_batch_size', '2',
+              '--irn_num_epoches', '2', '--irn_ckpt_freq', '2']
+    works = {}
+    for run in ('full', 'part'):  # the GT masks stand in for IR labels
+        works[run] = str(tmp_path / run)
+        shutil.copytree(os.path.join(tiny_voc['root'], 'SegmentationClass'), os.path.join(works[run], 'ir_label'))
+    run_sample.main(base_args(tiny_voc, works['full'], *common))
+
+    real_step = PolyOptimizer.step
+
+    def dying_step(self, closure=None):
+        if self.global_step == 3:  # after the resume checkpoint of step 2, in the second epoch
+            raise Killed()
+        return real_step(self, closure)
+    monkeypatch.setattr(PolyOptimizer, 'step', dying_step)
+    with pytest.raises(Killed):
+        run_sample.main(base_args(tiny_voc, works['part'], *common))
+    assert torch.load(os.path.join(works['part'], 'ckpt', camio.IRN_RESUME), weights_only=True)['step'] == 2
+    assert not os.path.exists(os.path.join(works['part'], 'ckpt', camio.IRN_WEIGHTS))
+    monkeypatch.setattr(PolyOptimizer, 'step', real_step)
+    res = run_sample.main(base_args(tiny_voc, works['part'], *common))
+    assert res['train_irn']['steps'] == 6
+
+    a, b = (torch.load(os.path.join(works[r], 'ckpt', camio.IRN_WEIGHTS), weights_only=True)['net'] for r in works)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
