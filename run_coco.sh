@@ -30,6 +30,9 @@ IR_PROTO_WEIGHT=0.7
 IR_BG_FACTOR=0.5
 IR_CRF_ITERS=12
 
+# --- pictures (python -m misc.visualize): CAM overlays per class, IR labels, pseudo masks, a contact sheet ---
+VIS_IMAGES=${VIS_IMAGES:-16}  # first N images of the evaluation list, drawn into $WORK_DIR/vis/; 0 = none
+
 META=$WORK_DIR/meta
 if [ ! -f "$META/cls_labels.npz" ]; then
   python -m coco14.make_cls_labels --coco14_root "$COCO14_ROOT" --out_dir "$META"
@@ -53,3 +56,7 @@ python run_sample.py --dataset coco14 \
   --train_sfc_pass True --make_cam_pass True --eval_cam_pass True --cam_to_ir_label_pass True \
   "${REFINE[@]}" --eval_sem_seg_pass True \
   "$@"
+
+if [ "$VIS_IMAGES" -gt 0 ]; then
+  python -m misc.visualize --work_dir "$WORK_DIR" --list "$TRAIN_LIST" --max_images "$VIS_IMAGES"
+fi

@@ -42,7 +42,10 @@ python run_sample.py "${COMMON[@]}" --num_workers 2 \
   --make_cam_pass True --eval_cam_pass True --cam_to_ir_label_pass True \
   --train_irn_pass True --make_sem_seg_pass True --eval_sem_seg_pass True
 
+# 3. pictures of 12 val images: full-size strips, palette label PNGs and one contact sheet
+python -m misc.visualize --work_dir "$WORK_DIR" --list "$META/val.txt" --max_images 12
+
 echo
-echo "CAM overlays (image | GT | prediction | per-class CAM): $WORK_DIR/vis/cam/"
+echo "contact sheet (image | GT | CAM seeds | IR label | pseudo mask | per-class CAM): $WORK_DIR/vis/val/contact_sheet.png"
 echo "pseudo masks: $WORK_DIR/sem_seg/ (palette copies in sem_seg_palette/)   IR labels: $WORK_DIR/ir_label/"
 echo "metrics: $WORK_DIR/metrics/*.json   log: $WORK_DIR/run.log"

@@ -104,7 +104,7 @@ def get_parser():
     a.add_argument('--cam_fold_bn', default=True, type=str2bool,
                    help='fold BatchNorm into the convs for inference (same result up to ~1e-6, ~10%% faster)')
     a.add_argument('--cam_skip_existing', default=True, type=str2bool, help='skip images whose cam/<id>.npz is complete')
-    a.add_argument('--cam_eval_source', default=['proto_cam'], nargs='+', choices=('proto_cam', 'cam', 'fused'),
+    a.add_argument('--cam_eval_source', default=['proto_cam'], nargs='+', choices=camio.CAM_SOURCES,
                    help='CAM(s) scored; the authors score proto_cam only (SFC/eval_cam.py:20)')
     a.add_argument('--cam_eval_fuse_weight', default=0.3, type=float,
                    help='fused = cam + w * proto_cam (the commented final_cam, SFC/make_cam.py:81)')

@@ -58,6 +58,9 @@ SEM_SEG_BG_VALUE=0.25
 BETA=10
 EXP_TIMES=8                # T^256
 
+# --- pictures (python -m misc.visualize): CAM overlays per class, IR labels, pseudo masks, a contact sheet ---
+VIS_IMAGES=${VIS_IMAGES:-16}  # first N images of the evaluation list, drawn into $WORK_DIR/vis/; 0 = none
+
 META=$WORK_DIR/meta
 if [ ! -f "$META/cls_labels.npz" ]; then
   python -m voc12.make_cls_labels --voc12_root "$VOC12_ROOT" --out_dir "$META"
@@ -83,3 +86,7 @@ python run_sample.py \
   --train_sfc_pass True --make_cam_pass True --eval_cam_pass True --cam_to_ir_label_pass True \
   --train_irn_pass True --make_sem_seg_pass True --eval_sem_seg_pass True \
   "$@"
+
+if [ "$VIS_IMAGES" -gt 0 ]; then
+  python -m misc.visualize --work_dir "$WORK_DIR" --list "$META/train.txt" --max_images "$VIS_IMAGES"
+fi

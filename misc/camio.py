@@ -100,6 +100,21 @@ def load_cam(path):
     return out
 
 
+CAM_SOURCES = ('proto_cam', 'cam', 'fused')
+
+
+def cam_score(cams, source, fuse_weight=0.3):
+    """The (K,H,W) score a CAM source stands for: proto_cam (the authors' IS_CAM), cam (PCM classifier CAM,
+    IS_CAM1) or fused = cam + fuse_weight * proto_cam (the commented final_cam, SFC/make_cam.py:81)."""
+    if source == 'proto_cam':
+        return cams['proto_cam']
+    if source == 'cam':
+        return cams['cam']
+    if source == 'fused':
+        return cams['cam'] + fuse_weight * cams['proto_cam']
+    raise ValueError(f'CAM source {source!r}: choose from {CAM_SOURCES}')
+
+
 def is_complete_cam(path):
     """True when path holds a readable CAM file (used to skip finished work on re-runs)."""
     try:

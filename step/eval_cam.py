@@ -17,22 +17,9 @@ from misc.metrics import ConfusionMatrix, per_class
 from misc.pyutils import format_table
 from misc.visualize import cam_panels
 
-SOURCES = ('proto_cam', 'cam', 'fused')
-
-
-def select_score(cams, source, fuse_weight):
-    if source == 'proto_cam':
-        return cams['proto_cam']
-    if source == 'cam':
-        return cams['cam']
-    if source == 'fused':
-        return cams['cam'] + fuse_weight * cams['proto_cam']
-    raise ValueError(f'--cam_eval_source {source!r}: choose from {SOURCES}')
-
-
 def predict(cams, source, fuse_weight):
     """(H,W) class ids: keys[argmax]."""
-    score = select_score(cams, source, fuse_weight)
+    score = camio.cam_score(cams, source, fuse_weight)
     return cams['keys'][np.argmax(score, axis=0)].astype(np.uint8)
 
 
@@ -68,8 +55,8 @@ def run(args):
     class_names = layout.class_names()
     sources = list(args.cam_eval_source)
     for s in sources:
-        if s not in SOURCES:
-            raise ValueError(f'--cam_eval_source {s!r}: choose from {SOURCES}')
+        if s not in camio.CAM_SOURCES:
+            raise ValueError(f'--cam_eval_source {s!r}: choose from {camio.CAM_SOURCES}')
     confs = {s: ConfusionMatrix(len(class_names)) for s in sources}
     vis_dir = os.path.join(args.vis_dir, 'cam')
     for i, name in enumerate(tqdm(names_ds.names, desc='eval_cam', dynamic_ncols=True, mininterval=5)):
@@ -86,7 +73,7 @@ def run(args):
             pred = predict(cams, sources[0], args.cam_eval_fuse_weight)
             img = names_ds.read(name)
             camio.write_image(os.path.join(vis_dir, name + '.png'),
-                              cam_panels(img, select_score(cams, sources[0], args.cam_eval_fuse_weight),
+                              cam_panels(img, camio.cam_score(cams, sources[0], args.cam_eval_fuse_weight),
                                          cams['keys'], gt, pred))
     results = {}
     for s in sources:

@@ -93,6 +93,8 @@ def test_run_coco_sh_end_to_end(tiny_coco, tmp_path):
     m = json.load(open(os.path.join(work, 'metrics', 'eval_sem_seg.json')))
     assert m['masks'] == 'ir_label' and len(m['iou']) == 81 and 0 <= m['miou'] <= 1
     assert len(json.load(open(os.path.join(work, 'metrics', 'eval_cam.json')))['iou']) == 81
+    vis = os.path.join(work, 'vis', 'train2014')  # COCO class names, CRF labels drawn, no pseudo masks
+    assert 'contact_sheet.png' in os.listdir(vis) and len(os.listdir(os.path.join(vis, 'ir_label'))) == min(16, len(names))
 
 
 def test_coco_irn_path_and_bank_size(tiny_coco, tmp_path):

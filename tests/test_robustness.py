@@ -21,6 +21,7 @@ def real_cpu_oom():
 
 
 def random_sfc_checkpoint(work, n_cls=21):
+    torch.manual_seed(0)
     net = resnet50_sfc.Net(n_cls, backbone_width=8, backbone_weights='none')
     path = os.path.join(work, 'ckpt', camio.SFC_WEIGHTS)
     camio.save_checkpoint({'net': net.state_dict()}, path)

@@ -22,3 +22,5 @@ def test_run_voc_sh_runs_all_seven_steps(tiny_voc, tmp_path):
     for f in ('eval_cam.json', 'eval_sem_seg.json'):
         assert 0 <= json.load(open(os.path.join(work, 'metrics', f)))['miou'] <= 1
     assert 'pseudo-mask mIoU' in out.stdout
+    vis = os.path.join(work, 'vis', 'train')
+    assert 'contact_sheet.png' in os.listdir(vis) and os.listdir(os.path.join(vis, 'sem_seg'))
