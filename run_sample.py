@@ -35,6 +35,9 @@ def get_parser():
     a.add_argument('--seed', default=10, type=int, help='seeds every stage (SFC/train_resnet50_SFC.py:99)')
     a.add_argument('--deterministic', default=False, type=str2bool, help='cuDNN deterministic mode')
     a.add_argument('--log', default=True, type=str2bool, help='tee stdout into work_dir/run.log')
+    a.add_argument('--tensorboard', default=False, type=str2bool,
+                   help='also write training curves as TensorBoard events to work_dir/tb/<step> (pip install '
+                        'tensorboard); they always go to metrics/<step>_scalars.jsonl')
     a.add_argument('--check_data', default=True, type=str2bool,
                    help='before the steps, check that every listed image, label and needed GT mask exists '
                         '(python -m misc.check_data also decodes every file)')

@@ -8,6 +8,8 @@ Layout (everything below --work_dir):
     ir_label/<id>.png   uint8 0 bg, 1..C classes, 255 ignore
     sem_seg/<id>.png    uint8 class ids; sem_seg_palette/<id>.png colour copies
     metrics/<step>.json {"miou", "iou": {class: value}, "n_images", ...}
+    metrics/<step>_scalars.jsonl  training curves, one {"step", name: value} line per step (train_sfc, train_irn)
+    tb/<step>/          the same curves as TensorBoard events (--tensorboard True)
     vis/                overlays and contact sheets
 Every file is written to a temporary name in the same folder and renamed into place, so a killed run
 never leaves a truncated artefact that a later step reads.
@@ -30,6 +32,14 @@ SFC_BEST_GT = 'res50_sfc_best_gt.pth'
 SFC_RESUME = 'sfc_resume.pth'
 IRN_WEIGHTS = 'res50_irn.pth'
 IRN_RESUME = 'irn_resume.pth'
+
+
+def scalars_path(metrics_dir, step):
+    return os.path.join(metrics_dir, f'{step}_scalars.jsonl')
+
+
+def tensorboard_dir(work_dir, step):
+    return os.path.join(work_dir, 'tb', step)
 
 
 def work_layout(work_dir):

@@ -86,3 +86,53 @@ def format_table(header, rows, floatfmt='{:.4f}'):
         if j == 0:
             lines.append('  '.join('-' * w for w in widths))
     return '\n'.join(lines)
+
+
+class ScalarLog:
+    """Training curves: every add() appends one JSON line {"step", name: value...} to `path` and, with
+    tb_dir, writes the same scalars as TensorBoard events (needs the optional `tensorboard` package).
+    Opening at start_step > 0 (a resumed run) first drops the lines of steps after it, so a resumed
+    run's log reads as if the run had never stopped."""
+
+    def __init__(self, path, start_step=0, tb_dir=None):
+        import json
+        import os
+        self._json, self.path = json, path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        kept = []
+        if start_step > 0 and os.path.isfile(path):
+            with open(path, encoding='utf-8') as f:
+                for line in f:
+                    try:
+                        if json.loads(line)['step'] <= start_step:
+                            kept.append(line if line.endswith('\n') else line + '\n')
+                    except (ValueError, KeyError, TypeError):
+                        break  # a line cut by a kill: everything after it is dropped too
+        from misc.camio import atomic_write
+
+        def write(tmp):
+            with open(tmp, 'w', encoding='utf-8') as f:
+                f.writelines(kept)
+        atomic_write(path, write)
+        self._file = open(path, 'a', encoding='utf-8')
+        self._tb = None
+        if tb_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise SystemExit(f'--tensorboard True needs the tensorboard package ({e}); run '
+                                 f'`pip install tensorboard` in this environment or pass --tensorboard False') from None
+            self._tb = SummaryWriter(tb_dir, purge_step=start_step + 1 if start_step > 0 else None)
+
+    def add(self, step, prefix='', **values):
+        values = {prefix + k: float(v) for k, v in values.items()}
+        self._file.write(self._json.dumps({'step': int(step), **values}) + '\n')
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, int(step))
+
+    def close(self):
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from misc import camio, imutils
 from misc.dataset import get_dataset, num_classes
 from misc.indexing import PathIndex
-from misc.pyutils import AverageMeter, format_seconds
+from misc.pyutils import AverageMeter, ScalarLog, format_seconds
 from misc.torchutils import PolyOptimizer, explain_oom, set_seed
 from misc.trainutils import epoch_batches, epoch_order, load_resume_state
 from net import resnet50 as resnet
@@ -51,7 +51,6 @@ def run(args):
     inds = [torch.from_numpy(p).to(device) for p in path_index.path_indices]
     src = torch.from_numpy(path_index.src_indices).to(device)
     dst = torch.from_numpy(path_index.dst_indices).to(device)
-    n_cls = num_classes(args)
     print(f'  {len(ds)} images, {steps_per_epoch} steps/epoch, {max_step} steps; PathIndex radius {args.irn_radius}: '
           f'{len(path_index.search_dst)} directions, {len(path_index.src_indices)} sources')
 
@@ -76,10 +75,30 @@ def run(args):
         print(f'  random initialisation: calibrated {resnet.calibrate(model.resnet50, img)} BatchNorm layers '
               f'on {len(order)} training crops')
 
-    def save_state():
+    def save_state(step):
         camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
                                'max_step': max_step}, resume_path)
 
+    scalars = ScalarLog(camio.scalars_path(args.metrics_dir, 'train_irn'), step,
+                        camio.tensorboard_dir(args.work_dir, 'train_irn') if args.tensorboard else None)
+    try:
+        step = train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max_step, save_state,
+                          resume_path, scalars, device)
+    finally:
+        scalars.close()
+    if args.irn_dp_mean:
+        dp_mean(model, args, ds_mod, device)
+    out = os.path.join(args.ckpt_dir, camio.IRN_WEIGHTS)
+    camio.save_checkpoint({'net': model.state_dict()}, out)
+    print(f'  wrote {out}')
+    return {'steps': step}
+
+
+def train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max_step, save_state, resume_path,
+               scalars, device):
+    """Steps step..max_step (SPEC B7.3); returns the last step."""
+    B, crop, n_cls = args.irn_batch_size, args.irn_crop_size, num_classes(args)
+    steps_per_epoch = len(ds) // B
     model.train()
     mb = args.irn_micro_batch if args.irn_micro_batch > 0 else B
     meter = AverageMeter()
@@ -99,6 +118,8 @@ def run(args):
             optimizer.step()
             meter.add({k: losses[k].item() for k in ('pos', 'neg', 'dp_fg', 'dp_bg')})
             step += 1
+            scalars.add(step, **{f'loss/{k}': losses[k] for k in ('pos', 'neg', 'dp_fg', 'dp_bg')},
+                        lr=optimizer.param_groups[0]['lr'])
             pbar.update(1)
             if (step - 1) % args.irn_print_freq == 0 or step == max_step:
                 rate = (step - start) / max(time.time() - t0, 1e-9)
@@ -106,17 +127,12 @@ def run(args):
                            f'L_dp_fg {meter.pop("dp_fg"):.4f}  L_dp_bg {meter.pop("dp_bg"):.4f}  '
                            f'lr {optimizer.param_groups[0]["lr"]:.4g}  ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
             if step % args.irn_ckpt_freq == 0:
-                save_state()
+                save_state(step)
             if step >= max_step:
                 break
     pbar.close()
-    save_state()
-    if args.irn_dp_mean:
-        dp_mean(model, args, ds_mod, device)
-    out = os.path.join(args.ckpt_dir, camio.IRN_WEIGHTS)
-    camio.save_checkpoint({'net': model.state_dict()}, out)
-    print(f'  wrote {out}')
-    return {'steps': step}
+    save_state(step)
+    return step
 
 
 def accumulate_gradients(model, img, labels, inds, path_index, micro_batch, optimizer):

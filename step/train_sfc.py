@@ -24,7 +24,7 @@ from misc import camio
 from misc.dataset import get_dataset, num_classes
 from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
-from misc.pyutils import AverageMeter, format_seconds
+from misc.pyutils import AverageMeter, ScalarLog, format_seconds, format_table
 from misc.torchutils import PolyOptimizer, explain_oom, set_seed
 from misc.trainutils import epoch_batches, epoch_order, load_resume_state
 from net import resnet50_sfc, sfc_loss
@@ -89,7 +89,7 @@ def build_model(args, device):
 
 
 def validate(model, dataset, device, eps=1e-5):
-    """mIoU of the PCM CAM and the prototype CAM on full images with GT (SPEC B3.9)."""
+    """Scores (misc.metrics) of the PCM CAM and the prototype CAM on full images with GT (SPEC B3.9)."""
     ds_mod = get_dataset(dataset.layout.name)
     n_cls = dataset.layout.n_cat() + 1
     confs = {'cam': ConfusionMatrix(n_cls), 'proto_cam': ConfusionMatrix(n_cls)}
@@ -104,7 +104,15 @@ def validate(model, dataset, device, eps=1e-5):
                 up = F.interpolate(out[k], size=gt.shape, mode='bilinear', align_corners=False)[0]
                 up = up / (up.amax(dim=(1, 2), keepdim=True) + eps)
                 conf.update(gt, up.argmax(0).cpu().numpy(), pack['name'])
-    return {k: c.scores()['miou'] for k, c in confs.items()}
+    return {k: c.scores() for k, c in confs.items()}
+
+
+def validation_table(scores, class_names):
+    """Per-class IoU of both CAMs, classes without GT pixels left out, mIoU last."""
+    rows = [[n, scores['cam']['iou'][i], scores['proto_cam']['iou'][i]] for i, n in enumerate(class_names)
+            if scores['cam']['gt_pixels'][i] > 0]
+    rows.append(['mIoU', scores['cam']['miou'], scores['proto_cam']['miou']])
+    return format_table(['class', 'IoU cam', 'IoU proto_cam'], rows)
 
 
 def run(args):
@@ -166,11 +174,34 @@ def run(args):
     elif args.backbone_weights == 'none' and args.sfc_calibrate_bn:
         calibrate(model, train_ds, device, args)
 
-    def save_state(step):
+    def save_state(step, best):
         camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
                                'max_step': max_step, 'bank': bank.state_dict() if bank is not None else None,
                                'bank_rng': bank_gen.get_state(), 'best': best}, resume_path)
 
+    scalars = ScalarLog(camio.scalars_path(args.metrics_dir, 'train_sfc'), start,
+                        camio.tensorboard_dir(args.work_dir, 'train_sfc') if args.tensorboard else None)
+    try:
+        step, best = train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, start, max_step,
+                                best, save_state, resume_path, scalars, device)
+    finally:
+        scalars.close()
+    camio.save_checkpoint({'net': model.state_dict()}, os.path.join(ckpt, camio.SFC_FINAL))
+    chosen = camio.SFC_FINAL
+    if val_ds is not None and best['step'] is not None:
+        chosen = camio.SFC_BEST_GT
+        print(f'  selected step {best["step"]} on GT (cam {best["cam"]:.4f} + proto_cam {best["proto_cam"]:.4f})')
+    camio.save_checkpoint(camio.load_checkpoint(os.path.join(ckpt, chosen)), os.path.join(ckpt, camio.SFC_WEIGHTS))
+    print(f'  wrote {os.path.join(ckpt, camio.SFC_WEIGHTS)} (= {chosen})')
+    return {'steps': step, 'best': best, 'weights': chosen,
+            'class_weights': dict(zip(train_ds.layout.cat_list, [float(v) for v in w_cls]))}
+
+
+def train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, start, max_step, best, save_state,
+               resume_path, scalars, device):
+    """Steps start..max_step (SPEC B3.5); returns (last step, best-on-GT record)."""
+    B, crop, ckpt = args.sfc_batch_size, args.sfc_crop_size, args.ckpt_dir
+    steps_per_epoch = len(train_ds) // B
     meter = AverageMeter()
     t0 = time.time()
     s1, s2 = crop // 16, int(round(crop * args.sfc_half_scale)) // 16
@@ -198,6 +229,8 @@ def run(args):
             optimizer.step()
             meter.add({'cls': loss_cls.item(), 'pdw': loss_pdw.item(), 'wdw': loss_wdw.item()})
             step += 1
+            scalars.add(step, **{'loss/cls': loss_cls, 'loss/pdw': loss_pdw, 'loss/wdw': loss_wdw,
+                                 'lr': optimizer.param_groups[0]['lr']})
             pbar.update(1)
             if (step - 1) % args.sfc_print_freq == 0 or step == max_step:
                 el = time.time() - t0
@@ -206,29 +239,24 @@ def run(args):
                            f'L_WDW {meter.pop("wdw"):.4f}  lr {optimizer.param_groups[0]["lr"]:.4g}  '
                            f'{rate * B:.1f} img/s  ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
             if val_ds is not None and (step - 1) % args.sfc_val_freq == 0 and step > args.sfc_val_min_step:
-                miou = validate(model, val_ds, device)
+                scores = validate(model, val_ds, device)
+                miou = {k: v['miou'] for k, v in scores.items()}
                 score = miou['cam'] + miou['proto_cam']
                 pbar.write(f'  validation (GT) at step {step}: mIoU cam {miou["cam"]:.4f}  proto_cam '
                            f'{miou["proto_cam"]:.4f}  sum {score:.4f}' + ('  <- best' if score > best['score'] else ''))
+                pbar.write(validation_table(scores, train_ds.layout.class_names()))
+                scalars.add(step, **{'val/miou_cam': miou['cam'], 'val/miou_proto_cam': miou['proto_cam']})
                 if score > best['score']:
                     best = {'score': score, 'step': step, 'cam': miou['cam'], 'proto_cam': miou['proto_cam']}
                     camio.save_checkpoint({'net': model.state_dict()}, os.path.join(ckpt, camio.SFC_BEST_GT))
-                save_state(step)
+                save_state(step, best)
             elif step % args.sfc_ckpt_freq == 0:
-                save_state(step)
+                save_state(step, best)
             if step >= max_step:
                 break
     pbar.close()
-    save_state(step)
-    camio.save_checkpoint({'net': model.state_dict()}, os.path.join(ckpt, camio.SFC_FINAL))
-    chosen = camio.SFC_FINAL
-    if val_ds is not None and best['step'] is not None:
-        chosen = camio.SFC_BEST_GT
-        print(f'  selected step {best["step"]} on GT (cam {best["cam"]:.4f} + proto_cam {best["proto_cam"]:.4f})')
-    camio.save_checkpoint(camio.load_checkpoint(os.path.join(ckpt, chosen)), os.path.join(ckpt, camio.SFC_WEIGHTS))
-    print(f'  wrote {os.path.join(ckpt, camio.SFC_WEIGHTS)} (= {chosen})')
-    return {'steps': step, 'best': best, 'weights': chosen,
-            'class_weights': dict(zip(train_ds.layout.cat_list, [float(v) for v in w_cls]))}
+    save_state(step, best)
+    return step, best
 
 
 def calibrate(model, dataset, device, args, n_images=None):

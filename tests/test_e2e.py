@@ -20,13 +20,18 @@ def base_args(tiny_voc, work, *extra):
             '--cls_labels', os.path.join(meta, 'cls_labels.npz'), '--log', 'False', *extra]
 
 
-def test_pipeline_through_eval_cam(tiny_voc, tmp_path):
+def test_pipeline_through_eval_cam(tiny_voc, tmp_path, capsys):
     work = str(tmp_path / 'work')
     res = run_sample.main(base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--make_cam_pass', 'True',
                                     '--eval_cam_pass', 'True', '--cam_eval_source', 'proto_cam', 'cam', 'fused',
                                     '--cam_vis_count', '2'))
     assert res['train_sfc']['steps'] == 2 * (22 // 2)
     assert res['train_sfc']['best']['step'] in (13, 16, 19, 22)  # validated when (g-1) % 3 == 0 and g > 10
+    out = capsys.readouterr().out
+    assert out.count('IoU cam  IoU proto_cam') == 4 and '\nbackground ' in out  # per-class table per validation
+    curves = [json.loads(line) for line in open(os.path.join(work, 'metrics', 'train_sfc_scalars.jsonl'))]
+    assert [c['step'] for c in curves if 'val/miou_cam' in c] == [13, 16, 19, 22]
+    assert [c['step'] for c in curves if 'loss/cls' in c] == list(range(1, 23))
     ckpt = os.path.join(work, 'ckpt')
     for f in (camio.SFC_WEIGHTS, camio.SFC_FINAL, camio.SFC_BEST_GT, camio.SFC_RESUME):
         assert os.path.isfile(os.path.join(ckpt, f)), f

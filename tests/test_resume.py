@@ -35,6 +35,9 @@ def test_train_sfc_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
     monkeypatch.setattr(PolyOptimizer, 'step', real_step)
     run_sample.main(base_args(tiny_voc, part, *common))
 
+    # the loss log of the resumed run reads as if it had never stopped (lines after step 4 were dropped)
+    logs = [open(camio.scalars_path(os.path.join(w, 'metrics'), 'train_sfc')).read() for w in (full, part)]
+    assert logs[0] == logs[1] and len(logs[0].splitlines()) == 11
     a = torch.load(os.path.join(full, 'ckpt', camio.SFC_FINAL), weights_only=True)['net']
     b = torch.load(os.path.join(part, 'ckpt', camio.SFC_FINAL), weights_only=True)['net']
     assert a.keys() == b.keys()

@@ -144,3 +144,17 @@ def test_cam_keys_disagreeing_with_labels(tiny_voc, tmp_path):
     np.savez(bad, names=names, labels=labels)
     with pytest.raises(ValueError, match=rf'CAM file of {victim}: keys .* disagree with the image labels'):
         run_sample.main(base_args(tiny_voc, work, '--eval_cam_pass', 'True', '--cls_labels', bad))
+
+
+def test_tensorboard_flag(tiny_voc, tmp_path):
+    import importlib.util
+    work = str(tmp_path / 'w')
+    args = base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--sfc_select_on_gt', 'False',
+                     '--sfc_num_epoches', '1', '--tensorboard', 'True')
+    if importlib.util.find_spec('tensorboard') is None:
+        with pytest.raises(SystemExit, match='pip install tensorboard'):
+            run_sample.main(args)
+    else:
+        run_sample.main(args)
+        tb = os.path.join(work, 'tb', 'train_sfc')
+        assert any(f.startswith('events.out.tfevents') for f in os.listdir(tb))
