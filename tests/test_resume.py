@@ -16,33 +16,41 @@ class Killed(Exception):
     pass
 
 
+def run_killed_at(monkeypatch, global_step, argv):
+    """run_sample.main(argv), killed just before the optimizer step `global_step`."""
+    real_step = PolyOptimizer.step
+
+    def dying_step(self, closure=None):
+        if self.global_step == global_step:
+            raise Killed()
+        return real_step(self, closure)
+    monkeypatch.setattr(PolyOptimizer, 'step', dying_step)
+    with pytest.raises(Killed):
+        run_sample.main(argv)
+    monkeypatch.setattr(PolyOptimizer, 'step', real_step)
+
+
+def assert_same_weights(path_a, path_b):
+    a, b = (torch.load(p, weights_only=True)['net'] for p in (path_a, path_b))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_train_sfc_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
     common = ['--train_sfc_pass', 'True', '--sfc_ckpt_freq', '4', '--sfc_select_on_gt', 'False', '--sfc_num_epoches', '1']
     full = str(tmp_path / 'full')
     run_sample.main(base_args(tiny_voc, full, *common))
 
     part = str(tmp_path / 'part')
-    real_step = PolyOptimizer.step
-
-    def dying_step(self, closure=None):
-        if self.global_step == 6:  # after the resume checkpoint of step 4, before the next one
-            raise Killed()
-        return real_step(self, closure)
-    monkeypatch.setattr(PolyOptimizer, 'step', dying_step)
-    with pytest.raises(Killed):
-        run_sample.main(base_args(tiny_voc, part, *common))
+    run_killed_at(monkeypatch, 6, base_args(tiny_voc, part, *common))  # after the resume checkpoint of step 4
     assert torch.load(os.path.join(part, 'ckpt', camio.SFC_RESUME), weights_only=True)['step'] == 4
-    monkeypatch.setattr(PolyOptimizer, 'step', real_step)
     run_sample.main(base_args(tiny_voc, part, *common))
 
     # the loss log of the resumed run reads as if it had never stopped (lines after step 4 were dropped)
     logs = [open(camio.scalars_path(os.path.join(w, 'metrics'), 'train_sfc')).read() for w in (full, part)]
     assert logs[0] == logs[1] and len(logs[0].splitlines()) == 11
-    a = torch.load(os.path.join(full, 'ckpt', camio.SFC_FINAL), weights_only=True)['net']
-    b = torch.load(os.path.join(part, 'ckpt', camio.SFC_FINAL), weights_only=True)['net']
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(*(os.path.join(w, 'ckpt', camio.SFC_FINAL) for w in (full, part)))
 
 
 def test_train_irn_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
@@ -55,25 +63,12 @@ def test_train_irn_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
         shutil.copytree(os.path.join(tiny_voc['root'], 'SegmentationClass'), os.path.join(works[run], 'ir_label'))
     run_sample.main(base_args(tiny_voc, works['full'], *common))
 
-    real_step = PolyOptimizer.step
-
-    def dying_step(self, closure=None):
-        if self.global_step == 3:  # after the resume checkpoint of step 2, in the second epoch
-            raise Killed()
-        return real_step(self, closure)
-    monkeypatch.setattr(PolyOptimizer, 'step', dying_step)
-    with pytest.raises(Killed):
-        run_sample.main(base_args(tiny_voc, works['part'], *common))
+    run_killed_at(monkeypatch, 3, base_args(tiny_voc, works['part'], *common))  # after the checkpoint of step 2
     assert torch.load(os.path.join(works['part'], 'ckpt', camio.IRN_RESUME), weights_only=True)['step'] == 2
     assert not os.path.exists(os.path.join(works['part'], 'ckpt', camio.IRN_WEIGHTS))
-    monkeypatch.setattr(PolyOptimizer, 'step', real_step)
     res = run_sample.main(base_args(tiny_voc, works['part'], *common))
     assert res['train_irn']['steps'] == 6
-
-    a, b = (torch.load(os.path.join(works[r], 'ckpt', camio.IRN_WEIGHTS), weights_only=True)['net'] for r in works)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_weights(*(os.path.join(w, 'ckpt', camio.IRN_WEIGHTS) for w in works.values()))
 
 
 def test_make_cam_resume_skips_done_and_redoes_truncated(tiny_voc, tmp_path, monkeypatch):
