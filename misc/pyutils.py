@@ -1,5 +1,7 @@
 """Small helpers shared by every step: typed boolean flags, timers, running means, tee logging."""
 import argparse
+import json
+import os
 import sys
 import time
 
@@ -95,9 +97,7 @@ class ScalarLog:
     run's log reads as if the run had never stopped."""
 
     def __init__(self, path, start_step=0, tb_dir=None):
-        import json
-        import os
-        self._json, self.path = json, path
+        self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         kept = []
         if start_step > 0 and os.path.isfile(path):
@@ -124,9 +124,9 @@ class ScalarLog:
                                  f'`pip install tensorboard` in this environment or pass --tensorboard False') from None
             self._tb = SummaryWriter(tb_dir, purge_step=start_step + 1 if start_step > 0 else None)
 
-    def add(self, step, prefix='', **values):
-        values = {prefix + k: float(v) for k, v in values.items()}
-        self._file.write(self._json.dumps({'step': int(step), **values}) + '\n')
+    def add(self, step, **values):
+        values = {k: float(v) for k, v in values.items()}
+        self._file.write(json.dumps({'step': int(step), **values}) + '\n')
         self._file.flush()
         if self._tb is not None:
             for k, v in values.items():

@@ -126,6 +126,11 @@ def is_out_of_memory(exc):
     return isinstance(exc, RuntimeError) and ('out of memory' in msg or "can't allocate memory" in msg)
 
 
+def elsewhere(device):
+    """Where else an inference step can run with the same result."""
+    return 'a GPU with more memory or with --device cpu' if torch.device(device).type == 'cuda' else 'a machine with more memory'
+
+
 @contextlib.contextmanager
 def explain_oom(where, advice, device=None):
     """Turn an out-of-memory error inside the block into OutOfMemory('<where>: out of memory ... <advice>'),

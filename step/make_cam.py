@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset, num_classes
-from misc.torchutils import explain_oom, prefetch_loader, prepare_for_inference, run_sharded
+from misc.torchutils import elsewhere, explain_oom, prefetch_loader, prepare_for_inference, run_sharded
 from net import resnet50_sfc
 
 
@@ -58,8 +58,7 @@ def cams_of(model, pack, n_cls, size, args, device):
 
 
 def oom_advice(args, device):
-    elsewhere = 'a GPU with more memory or --device cpu' if torch.device(device).type == 'cuda' else 'a machine with more memory'
-    return (f'The largest scale ({max(args.cam_scales)}) needs the most memory: run on {elsewhere} (same CAMs), '
+    return (f'The largest scale ({max(args.cam_scales)}) needs the most memory: run on {elsewhere(device)} (same CAMs), '
             f'or leave that scale out of --cam_scales (changes the CAMs). '
             f'CAMs finished so far are kept; re-running make_cam continues after them.')
 

@@ -18,7 +18,7 @@ from misc import camio
 from misc.dataset import get_dataset
 from misc.imutils import voc_palette
 from misc.indexing import propagate, transition_matrix_sparse
-from misc.torchutils import explain_oom, prefetch_loader, prepare_for_inference, run_sharded
+from misc.torchutils import elsewhere, explain_oom, prefetch_loader, prepare_for_inference, run_sharded
 from net import resnet50_irn
 
 
@@ -48,9 +48,8 @@ def pseudo_label(cams, edge, size, args):
 
 
 def oom_advice(device):
-    elsewhere = 'a GPU with more memory or --device cpu' if torch.device(device).type == 'cuda' else 'a machine with more memory'
     return (f'Memory grows with the image area (edge network, then a sparse transition matrix of (H/4)(W/4) x the '
-            f'directions of --sem_seg_radius): run on {elsewhere} (same masks), or lower --sem_seg_radius (changes '
+            f'directions of --sem_seg_radius): run on {elsewhere(device)} (same masks), or lower --sem_seg_radius (changes '
             f'the masks). Masks finished so far are kept; re-running make_sem_seg continues after them.')
 
 
