@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from misc import camio
+from misc.dataset import get_dataset
 from misc.imutils import colorize_label, overlay_heatmap, voc_palette
 
 MISSING_GREY = 200
@@ -88,18 +89,12 @@ def missing_panel(h, w, size=12):
     return np.asarray(im)
 
 
-def resize_to_height(rgb, height):
-    h, w = rgb.shape[:2]
+def resize_to_height(arr, height, resample=Image.BILINEAR):
+    h, w = arr.shape[:2]
     if h == height:
-        return rgb
+        return arr
     width = max(1, int(round(w * height / h)))
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BILINEAR))
-
-
-def resize_label_to_height(label, height):
-    h, w = label.shape
-    width = max(1, int(round(w * height / h)))
-    return np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST))
+    return np.asarray(Image.fromarray(arr).resize((width, height), resample))
 
 
 def legend(class_ids, class_names, palette, width, size=12):
@@ -148,7 +143,7 @@ def render(panels, height, palette):
         if rgb is None and label is None:
             rgb = missing_panel(h0, w0)
         elif rgb is None:
-            rgb = palette[label] if height is None else palette[resize_label_to_height(label, height)]
+            rgb = palette[label if height is None else resize_to_height(label, height, Image.NEAREST)]
         if height is not None:
             rgb = resize_to_height(rgb, height)
         out.append(titled(np.ascontiguousarray(rgb, dtype=np.uint8), title))
@@ -156,21 +151,24 @@ def render(panels, height, palette):
 
 
 def read_optional_label(path):
-    return camio.read_label(path) if camio.is_complete_label(path) else None
+    """The label map, or None where the step has not written it (yet) or left it unreadable."""
+    try:
+        return camio.read_label(path)
+    except (OSError, ValueError):
+        return None
 
 
 def load_run(work_dir):
     path = os.path.join(work_dir, 'args.json')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} is missing: --work_dir must be a folder run_sample.py wrote, or pass '
-                                f'--dataset, --root and --cls_labels')
+                                f'--dataset, --root and --list or --names')
     return camio.load_json(path)
 
 
 def run(work_dir, names, root, dataset='voc12', tag='vis', source='proto_cam', fuse_weight=0.3, thumb_height=128,
         write_full=True, max_classes=6):
     """Write the pictures of `names`; returns the contact sheet's path."""
-    from misc.dataset import get_dataset
     layout_dirs = camio.work_layout(work_dir)
     ds_mod = get_dataset(dataset)
     layout = ds_mod.ImageDataset.layout
@@ -246,7 +244,6 @@ def main(argv=None):
     if args.names:
         names, tag = list(args.names), args.tag or 'names'
     else:
-        from misc.dataset import get_dataset
         lst = args.list or saved.get('eval_list')
         if not lst:
             raise SystemExit('error: pass --list or --names')
