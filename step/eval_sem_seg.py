@@ -23,7 +23,8 @@ def run(args):
     class_names = layout.class_names()
     conf = ConfusionMatrix(len(class_names))
     ir_conf = ConfusionMatrix(len(class_names))
-    ir_pix = ir_confident = 0
+    n_cls = len(class_names)
+    ir_gt_pix, ir_confident = np.zeros(n_cls, np.int64), np.zeros(n_cls, np.int64)  # per GT class
     mask_dir, producer = ((args.sem_seg_dir, 'make_sem_seg') if args.eval_masks == 'sem_seg'
                           else (args.ir_label_dir, 'cam_to_ir_label'))
     for name in tqdm(names, desc='eval_sem_seg', dynamic_ncols=True, mininterval=5):
@@ -37,8 +38,8 @@ def run(args):
         if args.eval_masks == 'ir_label' or os.path.isfile(ir_path):
             ir = mask if args.eval_masks == 'ir_label' else camio.read_label(ir_path)
             keep = (ir != 255) & (gt != 255)
-            ir_pix += int((gt != 255).sum())
-            ir_confident += int(keep.sum())
+            ir_gt_pix += np.bincount(gt[gt != 255].ravel(), minlength=n_cls)[:n_cls]
+            ir_confident += np.bincount(gt[keep].ravel(), minlength=n_cls)[:n_cls]
             ir_conf.update(np.where(keep, gt, 255), np.where(keep, ir, 0), name)
     s = conf.scores()
     rows = [[n, s['iou'][i], s['precision'][i], s['recall'][i], s['fp'][i], s['fn'][i]] for i, n in enumerate(class_names)]
@@ -53,13 +54,20 @@ def run(args):
            'recall': per(s['recall']), 'fp': per(s['fp']), 'fn': per(s['fn']),
            'fp_bg': float(s['fp'][0]), 'fn_bg': float(s['fn'][0]), 'mean_fp_fg': float(np.nanmean(s['fp'][1:])),
            'mean_fn_fg': float(np.nanmean(s['fn'][1:])), 'eval_list': args.eval_list, 'masks': args.eval_masks}
-    if ir_pix:
+    if ir_gt_pix.sum():
         tp = np.trace(ir_conf.mat)
-        ir = {'precision': float(tp / max(1, ir_conf.mat.sum())), 'coverage': ir_confident / ir_pix,
-              'miou_confident': ir_conf.scores()['miou']}
+        si = ir_conf.scores()
+        with np.errstate(invalid='ignore', divide='ignore'):
+            coverage = np.where(ir_gt_pix > 0, ir_confident / ir_gt_pix, np.nan)
+        ir = {'precision': float(tp / max(1, ir_conf.mat.sum())), 'coverage': float(ir_confident.sum() / ir_gt_pix.sum()),
+              'miou_confident': si['miou'], 'precision_per_class': per(si['precision']),
+              'coverage_per_class': per(coverage), 'iou_confident': per(si['iou'])}
         out['ir_label'] = ir
-        print(f'  IR labels on the same images: precision {ir["precision"]:.4f} (confident pixels), '
-              f'coverage {ir["coverage"]:.4f}')
+        rows = [[n, si['precision'][i], coverage[i], si['iou'][i]] for i, n in enumerate(class_names) if ir_gt_pix[i]]
+        rows.append(['all', ir['precision'], ir['coverage'], si['miou']])
+        print('  IR labels on the same images (precision of the confident pixels, share of GT pixels that are '
+              'confident, IoU on confident pixels):')
+        print(format_table(['class', 'precision', 'coverage', 'IoU'], rows))
     camio.save_json(os.path.join(args.metrics_dir, 'eval_sem_seg.json'), out)
     print(f'  pseudo-mask mIoU {s["miou"]:.4f}')
     return out

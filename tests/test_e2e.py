@@ -8,6 +8,7 @@ import torch
 
 import run_sample
 from misc import camio
+from voc12.dataloader import CAT_LIST
 
 
 def base_args(tiny_voc, work, *extra):
@@ -112,3 +113,36 @@ def test_pipeline_through_eval_sem_seg(tiny_voc, tmp_path):
     again = run_sample.main(base_args(tiny_voc, work, '--infer_list', val, '--cam_to_ir_label_pass', 'True',
                                       '--make_sem_seg_pass', 'True'))
     assert again['cam_to_ir_label']['computed'] == 0 and again['make_sem_seg']['computed'] == 0
+
+
+def test_eval_sem_seg_scores_by_hand(tiny_voc, tmp_path):
+    """Pseudo masks = GT give IoU 1; IR labels with planted ignore and wrong pixels give the precision and
+    coverage counted here directly."""
+    work = str(tmp_path / 'w')
+    rng = np.random.default_rng(0)
+    names = open(os.path.join(tiny_voc['meta'], 'val.txt')).read().split()
+    keep_n = wrong_n = gt_n = 0
+    cov = {}
+    for n in names:
+        gt = camio.read_label(os.path.join(tiny_voc['root'], 'SegmentationClass', n + '.png'))
+        ir = gt.copy()
+        ir[rng.random(gt.shape) < 0.2] = 255
+        wrong = rng.random(gt.shape) < 0.1
+        ir[wrong & (ir != 255)] = 7
+        camio.write_label(os.path.join(work, 'ir_label', n + '.png'), ir)
+        camio.write_label(os.path.join(work, 'sem_seg', n + '.png'), np.where(gt == 255, 0, gt))
+        keep = (ir != 255) & (gt != 255)
+        keep_n += keep.sum()
+        wrong_n += (keep & (ir != gt)).sum()
+        gt_n += (gt != 255).sum()
+        for c in np.unique(gt[gt != 255]):
+            a, b = cov.get(int(c), (0, 0))
+            cov[int(c)] = (a + (keep & (gt == c)).sum(), b + (gt == c).sum())
+    res = run_sample.main(base_args(tiny_voc, work, '--eval_sem_seg_pass', 'True'))['eval_sem_seg']
+    assert res['miou'] == 1.0
+    ir = res['ir_label']
+    assert ir['precision'] == pytest.approx(1 - wrong_n / keep_n, abs=1e-12)
+    assert ir['coverage'] == pytest.approx(keep_n / gt_n, abs=1e-12)
+    class_names = ['background'] + CAT_LIST
+    for c, (a, b) in cov.items():
+        assert ir['coverage_per_class'][class_names[c]] == pytest.approx(a / b, abs=1e-12)
