@@ -14,6 +14,16 @@ class _ListSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
+def schedule(n_images, batch_size, epochs, list_path, batch_flag):
+    """(steps per epoch, total steps) with drop_last batches; an error naming the flags when the list is
+    shorter than one batch."""
+    steps_per_epoch = n_images // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f'--train_list {list_path} has {n_images} images, fewer than one batch '
+                         f'({batch_flag} {batch_size})')
+    return steps_per_epoch, steps_per_epoch * epochs
+
+
 def epoch_order(seed, epoch, n):
     """The shuffled order of epoch `epoch`."""
     g = torch.Generator().manual_seed(int(seed) * 100003 + int(epoch))

@@ -19,7 +19,7 @@ from misc.dataset import get_dataset, num_classes
 from misc.indexing import PathIndex
 from misc.pyutils import AverageMeter, ScalarLog, format_seconds
 from misc.torchutils import PolyOptimizer, explain_oom, set_seed
-from misc.trainutils import epoch_batches, epoch_order, load_resume_state
+from misc.trainutils import epoch_batches, epoch_order, load_resume_state, schedule
 from net import resnet50 as resnet
 from net import resnet50_irn
 
@@ -42,11 +42,7 @@ def run(args):
     ds = ds_mod.AffinityDataset(args.train_list, args.dataset_root, args.ir_label_dir, crop,
                                 rescale=tuple(args.irn_rescale), hor_flip=args.irn_hor_flip, seed=args.seed)
     B = args.irn_batch_size
-    steps_per_epoch = len(ds) // B
-    if steps_per_epoch == 0:
-        raise ValueError(f'--train_list {args.train_list} has {len(ds)} images, fewer than one IRN batch '
-                         f'(--irn_batch_size {B})')
-    max_step = steps_per_epoch * args.irn_num_epoches
+    steps_per_epoch, max_step = schedule(len(ds), B, args.irn_num_epoches, args.train_list, '--irn_batch_size')
     path_index = PathIndex(args.irn_radius, (crop // 4, crop // 4))
     inds = [torch.from_numpy(p).to(device) for p in path_index.path_indices]
     src = torch.from_numpy(path_index.src_indices).to(device)

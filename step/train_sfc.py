@@ -26,7 +26,7 @@ from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
 from misc.pyutils import AverageMeter, ScalarLog, format_seconds, format_table
 from misc.torchutils import PolyOptimizer, explain_oom, set_seed
-from misc.trainutils import epoch_batches, epoch_order, load_resume_state
+from misc.trainutils import epoch_batches, epoch_order, load_resume_state, schedule
 from net import resnet50_sfc, sfc_loss
 from net import resnet50 as resnet
 
@@ -127,11 +127,7 @@ def run(args):
         resize_long=tuple(args.sfc_resize_long) if args.sfc_resize_long_aug else None,
         hor_flip=args.sfc_hor_flip, seed=args.seed)
     B = args.sfc_batch_size
-    steps_per_epoch = len(train_ds) // B
-    if steps_per_epoch == 0:
-        raise ValueError(f'--train_list {args.train_list} has {len(train_ds)} images, fewer than one batch '
-                         f'(--sfc_batch_size {B})')
-    max_step = steps_per_epoch * args.sfc_num_epoches
+    steps_per_epoch, max_step = schedule(len(train_ds), B, args.sfc_num_epoches, args.train_list, '--sfc_batch_size')
     n_cat = ds_mod.N_CAT
     counts = train_ds.class_counts()
     w_cls = dc_weights(args, counts, steps_per_epoch)

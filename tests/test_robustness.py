@@ -158,3 +158,8 @@ def test_tensorboard_flag(tiny_voc, tmp_path):
         run_sample.main(args)
         tb = os.path.join(work, 'tb', 'train_sfc')
         assert any(f.startswith('events.out.tfevents') for f in os.listdir(tb))
+
+
+def test_list_shorter_than_one_batch(tiny_voc, tmp_path):
+    with pytest.raises(ValueError, match=r'train_aug\.txt has 22 images, fewer than one batch \(--sfc_batch_size 100\)'):
+        run_sample.main(base_args(tiny_voc, str(tmp_path / 'w'), '--train_sfc_pass', 'True', '--sfc_batch_size', '100'))
