@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SFC on MS COCO 2014 with the authors' intent (SPEC B9): SFC training on train2014, CAMs, CAM evaluation,
-# then dense-CRF labels (cam_to_ir_label) as the final pseudo masks, scored against the GT PNGs. The IRN
+# then dense-CRF labels (cam_to_ir_label) as the final pseudo masks, scored against the GT PNGs, and DeepLab-v2
+# trained on them, scored on val2014 (81 classes). The IRN
 # stage is optional (USE_IRN=True), as the authors skipped it for cost. Extra arguments go to
 # run_sample.py and override the values below. Re-running resumes / skips finished work.
 set -euo pipefail
@@ -30,6 +31,14 @@ IR_PROTO_WEIGHT=0.7
 IR_BG_FACTOR=0.5
 IR_CRF_ITERS=12
 
+# --- segmentation model: DeepLab-v2 ResNet-101, ImageNet init, on the final masks (LPCAM #3/#4 settings) ---
+SEG_INIT=${SEG_INIT:-imagenet}   # imagenet (torchvision resnet101 URL) | a .pth | none
+SEG_BATCH_SIZE=10
+SEG_ITERS=100000
+SEG_LR=2e-4
+SEG_LOSS=balanced
+SEG_MICRO_BATCH=${SEG_MICRO_BATCH:-5}
+
 # --- pictures (python -m misc.visualize): CAM overlays per class, IR labels, pseudo masks, a contact sheet ---
 VIS_IMAGES=${VIS_IMAGES:-16}  # first N images of the evaluation list, drawn into $WORK_DIR/vis/; 0 = none
 
@@ -40,9 +49,9 @@ fi
 TRAIN_LIST=$META/train2014.txt
 
 if [ "$USE_IRN" = "True" ]; then
-  REFINE=(--train_irn_pass True --make_sem_seg_pass True --eval_masks sem_seg)
+  REFINE=(--train_irn_pass True --make_sem_seg_pass True --eval_masks sem_seg --seg_label_dir "$WORK_DIR/sem_seg")
 else
-  REFINE=(--eval_masks ir_label)
+  REFINE=(--eval_masks ir_label --seg_label_dir "$WORK_DIR/ir_label")   # 255 (unconfident) is ignored in training
 fi
 
 python run_sample.py --dataset coco14 \
@@ -54,7 +63,9 @@ python run_sample.py --dataset coco14 \
   --cam_scales $CAM_SCALES --cam_eval_source proto_cam cam fused \
   --ir_proto_weight $IR_PROTO_WEIGHT --ir_bg_factor $IR_BG_FACTOR --ir_crf_iters $IR_CRF_ITERS \
   --train_sfc_pass True --make_cam_pass True --eval_cam_pass True --cam_to_ir_label_pass True \
-  "${REFINE[@]}" --eval_sem_seg_pass True \
+  --seg_init "$SEG_INIT" --seg_batch_size $SEG_BATCH_SIZE --seg_iters $SEG_ITERS --seg_lr $SEG_LR \
+  --seg_loss $SEG_LOSS --seg_micro_batch $SEG_MICRO_BATCH --seg_train_list "$TRAIN_LIST" --seg_infer_list "$META/val2014.txt" \
+  "${REFINE[@]}" --eval_sem_seg_pass True --train_seg_pass True --make_seg_pass True --eval_seg_pass True \
   "$@"
 
 if [ "$VIS_IMAGES" -gt 0 ]; then

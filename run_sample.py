@@ -15,10 +15,25 @@ import time
 from misc import camio
 from misc.pyutils import Tee, format_seconds, format_table, str2bool
 
-STEPS = ('train_sfc', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg')
+STEPS = ('train_sfc', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg',
+         'train_seg', 'make_seg', 'eval_seg')
 PASS_ALIASES = {'train_cam': 'train_sfc'}  # IRN-style name accepted for SFC training
-# (train/infer list, eval list) under work_dir/meta, as the dataset's make_cls_labels writes them (SPEC B1.2, B9)
-DEFAULT_LISTS = {'voc12': ('train_aug.txt', 'train.txt'), 'coco14': ('train2014.txt', 'train2014.txt')}
+# (train/infer list, eval list, segmentation-model val list) under work_dir/meta, as the dataset's
+# make_cls_labels writes them (SPEC B1.2, B9, C2)
+DEFAULT_LISTS = {'voc12': ('train_aug.txt', 'train.txt', 'val.txt'),
+                 'coco14': ('train2014.txt', 'train2014.txt', 'val2014.txt')}
+# The segmentation stage's two recipes (SPEC C2). A flag given on the command line overrides its recipe value.
+SEG_RECIPES = {
+    # ImageNet init, the SFC paper's setting, with the values the community settled on for it
+    # (AdvCAM #9, ReCAM #16, CLIMS voc12_imagenet_pretrained.yaml / main_v2.py criterion_balance)
+    'imagenet': {'seg_init': 'imagenet', 'seg_batch_size': 10, 'seg_iter_size': 1, 'seg_iters': 30000,
+                 'seg_scales': [0.5, 2.0], 'seg_scale_mode': 'uniform', 'seg_loss': 'balanced'},
+    # deeplab-pytorch configs/voc12.yaml exactly: COCO-pretrained init, BATCH_SIZE.TRAIN 5 x ITER_SIZE 2,
+    # ITER_MAX 20000, SCALES [0.5, 0.75, 1.0, 1.25, 1.5], nn.CrossEntropyLoss(ignore_index=255)
+    # (the init is that repository's deeplabv1_resnet101-coco.pth: pass its path with --seg_init)
+    'deeplab_coco': {'seg_init': None, 'seg_batch_size': 5, 'seg_iter_size': 2, 'seg_iters': 20000,
+                     'seg_scales': [0.5, 0.75, 1.0, 1.25, 1.5], 'seg_scale_mode': 'choice', 'seg_loss': 'ce'},
+}
 
 
 def get_parser():
@@ -164,6 +179,81 @@ def get_parser():
                    help="masks eval_sem_seg scores: IRN's sem_seg, or the CRF ir_label (the authors' final COCO masks; 255 -> 0)")
     a.add_argument('--sem_seg_skip_existing', default=True, type=str2bool, help='skip images whose sem_seg PNG is complete')
 
+    a = p.add_argument_group('Segmentation model: DeepLab-v2 on the pseudo masks (train_seg, make_seg, eval_seg; SPEC C)')
+    a.add_argument('--seg_recipe', default='imagenet', choices=tuple(SEG_RECIPES),
+                   help='imagenet: the paper\'s ImageNet init (batch 10, 30k it, scale 0.5-2, balanced CE); '
+                        'deeplab_coco: deeplab-pytorch voc12.yaml exactly (COCO init, 5 x 2, 20k it, plain CE). '
+                        'Flags below left unset take the recipe\'s value')
+    a.add_argument('--seg_init', default=None, type=str,
+                   help="imagenet (torchvision's ResNet URL), a local file (deeplab-pytorch checkpoint, whole or "
+                        "backbone-only; an ImageNet ResNet in that layout; or a torchvision ResNet), or none")
+    a.add_argument('--seg_depth', default=101, type=int, choices=(50, 101), help='ResNet depth (DeepLabV2_ResNet101_MSC)')
+    a.add_argument('--seg_stride_in', default='auto', choices=('auto', '1x1', '3x3'),
+                   help="conv holding a block's stride: 1x1 for Caffe/MSRA weights, 3x3 for torchvision's (auto)")
+    a.add_argument('--seg_input_norm', default='auto', choices=('auto', 'caffe', 'torchvision'),
+                   help='caffe: BGR 0-255 minus (104.008, 116.669, 122.675); torchvision: RGB mean/std; auto '
+                        'follows --seg_init')
+    a.add_argument('--seg_train_list', default=None, type=str, help='images DeepLab trains on (default --train_list)')
+    a.add_argument('--seg_label_dir', default=None, type=str,
+                   help='pseudo masks DeepLab trains on (default work_dir/sem_seg; COCO recipe: work_dir/ir_label); '
+                        'never the GT')
+    a.add_argument('--seg_batch_size', default=None, type=int, help='images per accumulation step (recipe: 10 / 5)')
+    a.add_argument('--seg_iter_size', default=None, type=int,
+                   help='accumulation steps per update, each loss normalised on its own and divided by this '
+                        '(deeplab-pytorch ITER_SIZE; recipe: 1 / 2)')
+    a.add_argument('--seg_iters', default=None, type=int, help='updates (recipe: 30000 / 20000)')
+    a.add_argument('--seg_lr', default=2.5e-4, type=float, help='backbone lr (voc12.yaml SOLVER.LR)')
+    a.add_argument('--seg_head_lr_mult', default=10.0, type=float, help='ASPP weights x10 (main.py get_params 10x)')
+    a.add_argument('--seg_head_bias_lr_mult', default=20.0, type=float, help='ASPP biases x20, no weight decay (20x)')
+    a.add_argument('--seg_momentum', default=0.9, type=float, help='real SGD momentum (voc12.yaml SOLVER.MOMENTUM)')
+    a.add_argument('--seg_weight_decay', default=5e-4, type=float, help='voc12.yaml SOLVER.WEIGHT_DECAY')
+    a.add_argument('--seg_poly_power', default=0.9, type=float, help='voc12.yaml SOLVER.POLY_POWER')
+    a.add_argument('--seg_lr_decay_every', default=10, type=int, help='lr updated every 10 iterations (SOLVER.LR_DECAY)')
+    a.add_argument('--seg_crop_size', default=321, type=int, help='voc12.yaml IMAGE.SIZE.TRAIN')
+    a.add_argument('--seg_base_size', default=0, type=int, help='resize the long side to this before scaling; 0 = off '
+                                                                    '(voc12.yaml IMAGE.SIZE.BASE: none)')
+    a.add_argument('--seg_scales', default=None, type=float, nargs='+',
+                   help='random scale: range [min, max] (uniform) or the set to choose from (choice)')
+    a.add_argument('--seg_scale_mode', default=None, choices=('uniform', 'choice'))
+    a.add_argument('--seg_hor_flip', default=True, type=str2bool, help='random flip, p = 0.5 (base.py)')
+    a.add_argument('--seg_loss', default=None, choices=('balanced', 'ce'),
+                   help='balanced: mean of background-pixel CE and foreground-pixel CE; ce: plain CE (ignore 255)')
+    a.add_argument('--seg_msc_scales', default=[0.5, 0.75], type=float, nargs='+', help='MSC input scales (msc.py)')
+    a.add_argument('--seg_aspp_rates', default=[6, 12, 18, 24], type=int, nargs='+', help='ASPP dilations')
+    a.add_argument('--seg_micro_batch', default=5, type=int,
+                   help='images per forward/backward inside an accumulation step (same gradients; bounds memory); '
+                        '0 = the whole batch')
+    a.add_argument('--seg_calibrate_bn', default=True, type=str2bool,
+                   help='with --seg_init none: set BN statistics from training crops and start the residual '
+                        'branches of layer4/5 at zero')
+    a.add_argument('--seg_print_freq', default=10, type=int)
+    a.add_argument('--seg_ckpt_freq', default=500, type=int, help='updates between resume checkpoints')
+    a.add_argument('--seg_resume', default=True, type=str2bool, help='continue from ckpt/seg_resume.pth if present')
+    a.add_argument('--seg_weights', default=None, type=str,
+                   help='checkpoint make_seg loads (default ckpt/deeplab.pth; also a deeplab-pytorch checkpoint '
+                        'such as deeplabv2_resnet101_msc-vocaug-20000.pth)')
+    a.add_argument('--seg_infer_list', default=None, type=str,
+                   help='images make_seg predicts (default meta/val.txt; COCO meta/val2014.txt; or the VOC test list)')
+    a.add_argument('--seg_infer_root', default=None, type=str,
+                   help='dataset root of --seg_infer_list (default the dataset root; the VOC2012 test devkit)')
+    a.add_argument('--seg_eval_list', default=None, type=str, help='images with GT eval_seg scores '
+                                                                    '(default --seg_infer_list)')
+    a.add_argument('--seg_test_scales', default=[1.0], type=float, nargs='+',
+                   help='extra test scales around MSC (logits averaged); 1.0 alone = deeplab-pytorch')
+    a.add_argument('--seg_test_flip', default=False, type=str2bool, help='also average the flipped image (not in '
+                                                                         'deeplab-pytorch)')
+    a.add_argument('--seg_crf', default=True, type=str2bool, help='dense CRF after the network (main.py crf)')
+    a.add_argument('--seg_crf_iters', default=10, type=int, help='voc12.yaml CRF.ITER_MAX')
+    a.add_argument('--seg_crf_pos_w', default=3, type=float, help='CRF.POS_W')
+    a.add_argument('--seg_crf_pos_xy_std', default=1, type=float, help='CRF.POS_XY_STD')
+    a.add_argument('--seg_crf_bi_w', default=4, type=float, help='CRF.BI_W')
+    a.add_argument('--seg_crf_bi_xy_std', default=67, type=float, help='CRF.BI_XY_STD')
+    a.add_argument('--seg_crf_bi_rgb_std', default=3, type=float, help='CRF.BI_RGB_STD')
+    a.add_argument('--seg_skip_existing', default=True, type=str2bool, help='skip images whose seg PNG is complete')
+    a.add_argument('--seg_export_voc_test', default=False, type=str2bool,
+                   help='also write the VOC evaluation server layout results/VOC2012/Segmentation/comp6_test_cls/ '
+                        'and results.tar.gz under work_dir/voc_test_export/')
+
     a = p.add_argument_group('Steps (True runs the step)')
     for s in STEPS:
         a.add_argument(f'--{s}_pass', default=False, type=str2bool)
@@ -184,7 +274,7 @@ def finalize_args(args):
         setattr(args, k, v)
         os.makedirs(v, exist_ok=True)
     meta = args.meta_dir
-    train, evaluate = DEFAULT_LISTS[args.dataset]
+    train, evaluate, seg_val = DEFAULT_LISTS[args.dataset]
     args.train_list = args.train_list or os.path.join(meta, train)
     args.infer_list = args.infer_list or os.path.join(meta, train)
     args.eval_list = args.eval_list or os.path.join(meta, evaluate)
@@ -193,8 +283,17 @@ def finalize_args(args):
     args.sfc_weights = args.sfc_weights or os.path.join(args.ckpt_dir, camio.SFC_WEIGHTS)
     args.irn_weights = args.irn_weights or os.path.join(args.ckpt_dir, camio.IRN_WEIGHTS)
     args.irn_dp_mean_list = args.irn_dp_mean_list or args.eval_list
+    for k, v in SEG_RECIPES[args.seg_recipe].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.seg_train_list = args.seg_train_list or args.train_list
+    args.seg_label_dir = os.path.abspath(args.seg_label_dir) if args.seg_label_dir else args.sem_seg_dir
+    args.seg_weights = args.seg_weights or os.path.join(args.ckpt_dir, camio.SEG_WEIGHTS)
+    args.seg_infer_list = args.seg_infer_list or os.path.join(meta, seg_val)
+    args.seg_eval_list = args.seg_eval_list or args.seg_infer_list
     root_flag = {'voc12': 'voc12_root', 'coco14': 'coco14_root'}[args.dataset]
     args.dataset_root = getattr(args, root_flag, None)
+    args.seg_infer_root = args.seg_infer_root or args.dataset_root
     if any(getattr(args, f'{s}_pass') for s in STEPS) and not args.dataset_root:
         raise SystemExit(f'error: --{root_flag} is required')
     if args.sfc_dc_offset != 'auto':
@@ -208,8 +307,10 @@ def finalize_args(args):
 # which lists each step reads images / GT of
 _LIST_USE = {'train_sfc': ('train_list', 'sfc_val_list'), 'make_cam': ('infer_list',), 'eval_cam': ('eval_list',),
              'cam_to_ir_label': ('infer_list',), 'train_irn': ('train_list',), 'make_sem_seg': ('infer_list',),
-             'eval_sem_seg': ('eval_list',)}
-_GT_USE = {'eval_cam': ('eval_list',), 'eval_sem_seg': ('eval_list',), 'train_sfc': ('sfc_val_list',)}
+             'eval_sem_seg': ('eval_list',), 'train_seg': ('seg_train_list',), 'make_seg': ('seg_infer_list',),
+             'eval_seg': ('seg_eval_list',)}
+_GT_USE = {'eval_cam': ('eval_list',), 'eval_sem_seg': ('eval_list',), 'train_sfc': ('sfc_val_list',),
+           'eval_seg': ('seg_eval_list',)}
 
 
 def quick_check(args, steps):
@@ -219,8 +320,11 @@ def quick_check(args, steps):
     lists, gt = [], []
     for s in steps:
         for k in _LIST_USE[s]:
-            if k != 'sfc_val_list' or args.sfc_select_on_gt:
-                lists.append(getattr(args, k))
+            if k == 'sfc_val_list' and not args.sfc_select_on_gt:
+                continue
+            if k == 'seg_infer_list' and os.path.abspath(args.seg_infer_root) != os.path.abspath(args.dataset_root):
+                continue  # another root (the VOC test devkit): make_seg checks its images itself
+            lists.append(getattr(args, k))
         for k in _GT_USE.get(s, ()):
             if k != 'sfc_val_list' or args.sfc_select_on_gt:
                 gt.append(getattr(args, k))
@@ -245,9 +349,19 @@ def print_summary(metrics_dir):
     if os.path.isfile(sem):
         m = camio.load_json(sem)
         if 'ir_label' in m:
-            rows.append(['IR label precision', f'{m["ir_label"]["precision"]:.4f}', 'confident pixels'])
-            rows.append(['IR label coverage', f'{m["ir_label"]["coverage"]:.4f}', 'share of non-void pixels'])
+            ir = m['ir_label']
+            if 'miou_as_mask' in ir:
+                rows.append(['IR labels as masks mIoU (255 -> bg)', f'{ir["miou_as_mask"]:.4f}', f'{m["n_images"]} images'])
+            rows.append(['IR label precision', f'{ir["precision"]:.4f}', 'confident pixels'])
+            rows.append(['IR label coverage', f'{ir["coverage"]:.4f}', 'share of non-void pixels'])
         rows.append([f'pseudo-mask mIoU ({m.get("masks", "sem_seg")})', f'{m["miou"]:.4f}', f'{m["n_images"]} images'])
+    seg = os.path.join(metrics_dir, 'eval_seg.json')
+    if os.path.isfile(seg):
+        m = camio.load_json(seg)
+        on = f'{m["n_images"]} images of {os.path.basename(m.get("eval_list", ""))}'
+        rows.append([f'segmentation model mIoU{" (CRF)" if m.get("crf") else ""}', f'{m["miou"]:.4f}', on])
+        if 'miou_no_crf' in m:
+            rows.append(['segmentation model mIoU (no CRF)', f'{m["miou_no_crf"]:.4f}', on])
     if rows:
         print('summary (' + metrics_dir + ')')
         print(format_table(['metric', 'value', 'on'], rows))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SFC on PASCAL VOC 2012: the authors' pipeline (SPEC Part B) with this project's defaults (SPEC Part A):
-# SFC training, CAMs, CAM evaluation, IR labels, IRN, pseudo masks, pseudo-mask evaluation. CAMs, IR labels,
-# IRN and pseudo masks cover train_aug (the masks DeepLab trains on); evaluation uses VOC train (GT).
+# SFC training, CAMs, CAM evaluation, IR labels, IRN, pseudo masks, pseudo-mask evaluation, then DeepLab-v2
+# trained on the pseudo masks and scored on VOC val (SPEC C). CAMs, IR labels, IRN and pseudo masks cover
+# train_aug (the masks DeepLab trains on); their evaluation uses VOC train (GT).
 # Edit the variables below; every hyperparameter is a flag of run_sample.py with the authors' default.
 # Re-running is safe: training resumes from its checkpoint, inference steps skip finished images.
 # Extra arguments go to run_sample.py and override the values below, e.g.
@@ -58,6 +59,17 @@ SEM_SEG_BG_VALUE=0.25
 BETA=10
 EXP_TIMES=8                # T^256
 
+# --- segmentation model: DeepLab-v2 ResNet-101 on the pseudo masks (SPEC C; the paper's last stage) ---
+SEG_RECIPE=imagenet        # imagenet: the paper's ImageNet init | deeplab_coco: deeplab-pytorch voc12.yaml (pass SEG_INIT)
+SEG_INIT=${SEG_INIT:-imagenet}   # imagenet (torchvision resnet101 URL) | a .pth (deeplab-pytorch or torchvision layout) | none
+SEG_BATCH_SIZE=10
+SEG_ITERS=30000
+SEG_LR=2.5e-4              # backbone; ASPP weights x10, biases x20
+SEG_LOSS=balanced          # mean of background-pixel and foreground-pixel CE (plain CE: ce)
+SEG_CROP_SIZE=321
+SEG_MICRO_BATCH=${SEG_MICRO_BATCH:-5}  # images per forward/backward (same gradients): 9.6 GB on CPU; 0 = all 10 (16.8 GB)
+VOC12_TEST_ROOT=${VOC12_TEST_ROOT:-}   # VOC2012 test devkit (JPEGImages/, ImageSets/Segmentation/test.txt): server export
+
 # --- pictures (python -m misc.visualize): CAM overlays per class, IR labels, pseudo masks, a contact sheet ---
 VIS_IMAGES=${VIS_IMAGES:-16}  # first N images of the evaluation list, drawn into $WORK_DIR/vis/; 0 = none
 
@@ -83,9 +95,19 @@ python run_sample.py \
   --irn_lr $IRN_LR --irn_momentum $IRN_MOMENTUM --irn_rescale $IRN_RESCALE \
   --sem_seg_proto_weight $SEM_SEG_PROTO_WEIGHT --sem_seg_power $SEM_SEG_POWER --sem_seg_bg_value $SEM_SEG_BG_VALUE \
   --beta $BETA --exp_times $EXP_TIMES \
+  --seg_recipe $SEG_RECIPE --seg_init "$SEG_INIT" --seg_batch_size $SEG_BATCH_SIZE --seg_iters $SEG_ITERS \
+  --seg_lr $SEG_LR --seg_loss $SEG_LOSS --seg_crop_size $SEG_CROP_SIZE --seg_micro_batch $SEG_MICRO_BATCH \
+  --seg_train_list "$TRAIN_LIST" --seg_infer_list "$META/val.txt" \
   --train_sfc_pass True --make_cam_pass True --eval_cam_pass True --cam_to_ir_label_pass True \
   --train_irn_pass True --make_sem_seg_pass True --eval_sem_seg_pass True \
+  --train_seg_pass True --make_seg_pass True --eval_seg_pass True \
   "$@"
+
+if [ -n "$VOC12_TEST_ROOT" ]; then   # predictions on the VOC test set, in the evaluation server's layout
+  python run_sample.py --voc12_root "$VOC12_ROOT" --work_dir "$WORK_DIR" --device "$DEVICE" --num_workers "$NUM_WORKERS" \
+    --seg_infer_root "$VOC12_TEST_ROOT" --seg_infer_list "$VOC12_TEST_ROOT/ImageSets/Segmentation/test.txt" \
+    --seg_export_voc_test True --make_seg_pass True "$@"
+fi
 
 if [ "$VIS_IMAGES" -gt 0 ]; then
   python -m misc.visualize --work_dir "$WORK_DIR" --list "$META/train.txt" --max_images "$VIS_IMAGES"

@@ -72,3 +72,11 @@ class AffinityDataset(voc.AffinityDataset):
 
 def load_gt(root, name, layout=COCO14Layout):
     return voc.load_gt(root, name, layout)
+
+
+class SegmentationDataset(voc.SegmentationDataset):
+    layout = COCO14Layout
+
+
+class SegInferDataset(voc.SegInferDataset):
+    layout = COCO14Layout

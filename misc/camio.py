@@ -7,8 +7,14 @@ Layout (everything below --work_dir):
     cam/<id>.npz        keys int64 (K,), cam float32 (K,H,W), proto_cam float32 (K,H,W)
     ir_label/<id>.png   uint8 0 bg, 1..C classes, 255 ignore
     sem_seg/<id>.png    uint8 class ids; sem_seg_palette/<id>.png colour copies
+    ckpt/deeplab.pth    the segmentation model {'net': state dict, 'meta': architecture and input normalisation};
+                        seg_resume.pth its training state
+    seg/<id>.png        the segmentation model's prediction (after the CRF when --seg_crf), uint8 class ids;
+                        seg_nocrf/<id>.png the same before the CRF; seg_palette/<id>.png colour copies of seg/
+    voc_test_export/    results/VOC2012/Segmentation/comp6_test_cls/<id>.png and results.tar.gz (VOC server)
     metrics/<step>.json {"miou", "iou": {class: value}, "n_images", ...}
-    metrics/<step>_scalars.jsonl  training curves, one {"step", name: value} line per step (train_sfc, train_irn)
+    metrics/<step>_scalars.jsonl  training curves, one {"step", name: value} line per step (train_sfc, train_irn,
+                        train_seg)
     tb/<step>/          the same curves as TensorBoard events (--tensorboard True)
     vis/                overlays and contact sheets
 Every file is written to a temporary name in the same folder and renamed into place, so a killed run
@@ -25,13 +31,16 @@ from PIL import Image
 CAM_KEYS = ('keys', 'cam', 'proto_cam')
 SUBDIRS = {'meta_dir': 'meta', 'ckpt_dir': 'ckpt', 'cam_dir': 'cam', 'ir_label_dir': 'ir_label',
            'sem_seg_dir': 'sem_seg', 'sem_seg_palette_dir': 'sem_seg_palette', 'metrics_dir': 'metrics',
-           'vis_dir': 'vis'}
+           'vis_dir': 'vis', 'seg_dir': 'seg', 'seg_nocrf_dir': 'seg_nocrf', 'seg_palette_dir': 'seg_palette'}
 SFC_WEIGHTS = 'res50_sfc.pth'
 SFC_FINAL = 'res50_sfc_final.pth'
 SFC_BEST_GT = 'res50_sfc_best_gt.pth'
 SFC_RESUME = 'sfc_resume.pth'
 IRN_WEIGHTS = 'res50_irn.pth'
 IRN_RESUME = 'irn_resume.pth'
+SEG_WEIGHTS = 'deeplab.pth'
+SEG_RESUME = 'seg_resume.pth'
+VOC_TEST_EXPORT = 'voc_test_export'
 
 
 def scalars_path(metrics_dir, step):

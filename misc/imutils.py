@@ -124,3 +124,18 @@ def crf_inference_label(img, labels, n_labels, t=12, gt_prob=0.7, gauss_sxy=3, g
 def random_scale_factor(rng, low, high):
     """s = low + U[0,1) (high - low) (SIPE imutils.random_scale reads only the first two values)."""
     return low + rng.random() * (high - low)
+
+
+def crf_inference_softmax(img, prob, t=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3):
+    """Dense CRF on class probabilities (deeplab-pytorch libs/utils/crf.py DenseCRF; SPEC C2): unary -log(prob)
+    (pydensecrf's unary_from_softmax), Gaussian (pos_xy_std, pos_w) and bilateral (bi_xy_std, bi_rgb_std,
+    bi_w) terms on the uint8 image, t mean-field iterations -> Q (C,H,W) float32."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+    c, h, w = prob.shape
+    d = dcrf.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.asarray(prob, np.float32))))
+    d.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
+    d.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(img, dtype=np.uint8),
+                           compat=bi_w)
+    return np.array(d.inference(t), dtype=np.float32).reshape((c, h, w))

@@ -37,19 +37,22 @@ class PolyOptimizer(torch.optim.SGD):
     The authors' PolyOptimizerSGD (SIPE/tool/torchutils.py:14) passes weight_decay positionally into
     SGD's momentum slot, so their effective momentum is 1e-4 and their "momentum=0.9" is the poly power
     (SPEC B3.2). Both are explicit here; the defaults reproduce the authors.
+    With decay_every k > 1, g is rounded down to a multiple of k: deeplab-pytorch's PolynomialLR (step_size
+    LR_DECAY = 10, scheduler.step(epoch=iteration) after each update) changes the rate every k updates.
     """
 
-    def __init__(self, params, lr, weight_decay, max_step, momentum=1e-4, power=0.9):
+    def __init__(self, params, lr, weight_decay, max_step, momentum=1e-4, power=0.9, decay_every=1):
         super().__init__(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
         self.global_step = 0
         self.max_step = int(max_step)
         self.power = float(power)
+        self.decay_every = max(1, int(decay_every))
         self.initial_lr = [g['lr'] for g in self.param_groups]
 
     def lr_at(self, step):
         """The learning rates used for the update with counter `step`."""
         if step < self.max_step:
-            f = (1 - step / self.max_step) ** self.power
+            f = (1 - (step - step % self.decay_every) / self.max_step) ** self.power
             return [lr * f for lr in self.initial_lr]
         return [g['lr'] for g in self.param_groups]
 
@@ -63,7 +66,7 @@ class PolyOptimizer(torch.optim.SGD):
     def state_dict(self):
         d = super().state_dict()
         d['poly'] = {'global_step': self.global_step, 'max_step': self.max_step, 'power': self.power,
-                     'initial_lr': list(self.initial_lr)}
+                     'initial_lr': list(self.initial_lr), 'decay_every': self.decay_every}
         return d
 
     def load_state_dict(self, state_dict):
@@ -73,6 +76,7 @@ class PolyOptimizer(torch.optim.SGD):
         self.global_step = int(poly['global_step'])
         self.max_step, self.power = int(poly['max_step']), float(poly['power'])
         self.initial_lr = list(poly['initial_lr'])
+        self.decay_every = int(poly.get('decay_every', 1))
 
 
 def inference_devices(device):

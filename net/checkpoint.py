@@ -16,11 +16,15 @@ def unwrap_state_dict(obj):
     return {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
 
 
-def load_strict(model, sd, source='checkpoint', ignored=()):
+def load_strict(model, sd, source='checkpoint', ignored=(), fresh=()):
     """Load sd into model; every model tensor must be present with its shape, and every sd key used
-    (apart from those in `ignored`). Raises ValueError naming missing, unexpected and mis-shaped keys."""
+    (apart from those in `ignored`). Raises ValueError naming missing, unexpected and mis-shaped keys.
+    Model tensors whose key starts with a prefix in `fresh` may be absent (they keep their initialisation,
+    e.g. a new head), as may BatchNorm's `num_batches_tracked` counters, which files saved before
+    PyTorch 0.4.1 lack (torchvision's resnet50-19c8e357.pth) and which no forward pass reads."""
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
+    optional = [k for k in own if k not in sd and (k.startswith(tuple(fresh)) or k.endswith('.num_batches_tracked'))]
+    missing = [k for k in own if k not in sd and k not in optional]
     unexpected = [k for k in sd if k not in own and k not in ignored]
     shaped = [f'{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}'
               for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -33,7 +37,7 @@ def load_strict(model, sd, source='checkpoint', ignored=()):
         if shaped:
             msg.append(f'  mis-shaped tensors ({len(shaped)}): ' + '; '.join(shaped[:8]))
         raise ValueError('\n'.join(msg))
-    model.load_state_dict({k: sd[k] for k in own}, strict=True)
+    model.load_state_dict({k: sd[k] if k in sd else own[k] for k in own}, strict=True)
 
 
 def strip_aliases(sd, canonical_key, source='checkpoint', ignored=None):

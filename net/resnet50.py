@@ -18,11 +18,17 @@ class FixedBatchNorm(nn.BatchNorm2d):
     """BatchNorm that always normalises with its stored statistics (training=False), eps 1e-5.
 
     While `calibrating` is set it first overwrites its statistics with the batch's (data-dependent
-    initialisation for randomly initialised backbones, never used with ImageNet weights).
+    initialisation for randomly initialised backbones, never used with ImageNet weights). While
+    `batch_statistics` is set and the module is in training mode it is an ordinary BatchNorm (batch statistics,
+    running ones updated): only the stand-in pretraining (tools/pretrain_backbone.py) uses that, as ImageNet
+    training did.
     """
     calibrating = False
+    batch_statistics = False
 
     def forward(self, x):
+        if self.batch_statistics and self.training:
+            return super().forward(x)
         if self.calibrating:
             with torch.no_grad():
                 self.running_mean.copy_(x.mean((0, 2, 3)))
@@ -92,9 +98,10 @@ def resnet50(strides=(2, 2, 2, 1), dilations=(1, 1, 1, 1), width=64, weights='no
 
 
 def load_imagenet_weights(model, weights):
-    if model.width != 64:
-        raise ValueError(f'ImageNet weights need --backbone_width 64 (the real ResNet-50), got {model.width}')
+    """torchvision-layout weights (ImageNet's, or the demo's stand-in of weights/standin/) loaded strictly."""
     if weights == 'imagenet':
+        if model.width != 64:
+            raise ValueError(f'ImageNet weights need --backbone_width 64 (the real ResNet-50), got {model.width}')
         try:
             sd = torch.hub.load_state_dict_from_url(IMAGENET_URL, map_location='cpu', progress=True)
         except Exception as e:
@@ -109,6 +116,10 @@ def load_imagenet_weights(model, weights):
         if isinstance(sd, dict) and 'state_dict' in sd and isinstance(sd['state_dict'], dict):
             sd = sd['state_dict']
     sd = {k: v for k, v in sd.items() if not k.startswith('fc.')}
+    stem = sd.get('conv1.weight')
+    if stem is not None and stem.shape[0] != model.width:
+        raise ValueError(f'--backbone_weights {weights} is a ResNet of width {stem.shape[0]}, the network has width '
+                         f'{model.width}: pass --backbone_width {stem.shape[0]}')
     from net.checkpoint import load_strict
     load_strict(model, sd, source=str(weights))
 
@@ -120,6 +131,19 @@ def calibrate(resnet, images):
         resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(resnet.maxpool(resnet.relu(resnet.bn1(
             resnet.conv1(images))))))))
     return len(bns)
+
+
+@contextlib.contextmanager
+def batchnorm_training(module):
+    """Inside this context every FixedBatchNorm of `module` in training mode is an ordinary BatchNorm."""
+    bns = [m for m in module.modules() if isinstance(m, FixedBatchNorm)]
+    for m in bns:
+        m.batch_statistics = True
+    try:
+        yield bns
+    finally:
+        for m in bns:
+            m.batch_statistics = False
 
 
 @contextlib.contextmanager

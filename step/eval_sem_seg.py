@@ -1,8 +1,8 @@
 """eval_sem_seg (SPEC B8.4): pseudo masks vs GT on --eval_list -> metrics/eval_sem_seg.json, per-class table.
 
 --eval_masks ir_label scores the CRF labels instead (the authors' final COCO masks, 255 counted as background).
-Also scores the IR labels of the same images when present: precision of the confident pixels (not 255)
-and their coverage (share of non-void GT pixels that are confident). The authors' fp/fn figures are
+Also scores the IR labels of the same images when present: precision of the confident pixels (not 255),
+their coverage (share of non-void GT pixels that are confident), and their mIoU as masks (255 -> background). The authors' fp/fn figures are
 included: fp = 1 - gt/union, fn = 1 - pred/union per class.
 """
 import os
@@ -23,6 +23,7 @@ def run(args):
     class_names = layout.class_names()
     conf = ConfusionMatrix(len(class_names))
     ir_conf = ConfusionMatrix(len(class_names))
+    ir_mask_conf = ConfusionMatrix(len(class_names))  # the IR labels scored as masks, 255 counted as background
     n_cls = len(class_names)
     ir_gt_pix, ir_confident = np.zeros(n_cls, np.int64), np.zeros(n_cls, np.int64)  # per GT class
     mask_dir, producer = ((args.sem_seg_dir, 'make_sem_seg') if args.eval_masks == 'sem_seg'
@@ -41,6 +42,7 @@ def run(args):
             ir_gt_pix += np.bincount(gt[gt != 255].ravel(), minlength=n_cls)[:n_cls]
             ir_confident += np.bincount(gt[keep].ravel(), minlength=n_cls)[:n_cls]
             ir_conf.update(np.where(keep, gt, 255), np.where(keep, ir, 0), name)
+            ir_mask_conf.update(gt, np.where(ir == 255, 0, ir), name)
     s = conf.scores()
     rows = [[n, s['iou'][i], s['precision'][i], s['recall'][i], s['fp'][i], s['fn'][i]] for i, n in enumerate(class_names)]
     rows.append(['mIoU', s['miou'], float(np.nanmean(s['precision'])), float(np.nanmean(s['recall'])),
@@ -61,7 +63,8 @@ def run(args):
             coverage = np.where(ir_gt_pix > 0, ir_confident / ir_gt_pix, np.nan)
         ir = {'precision': float(tp / max(1, ir_conf.mat.sum())), 'coverage': float(ir_confident.sum() / ir_gt_pix.sum()),
               'miou_confident': si['miou'], 'precision_per_class': per(si['precision']),
-              'coverage_per_class': per(coverage), 'iou_confident': per(si['iou'])}
+              'coverage_per_class': per(coverage), 'iou_confident': per(si['iou']),
+              'miou_as_mask': ir_mask_conf.scores()['miou'], 'iou_as_mask': per(ir_mask_conf.scores()['iou'])}
         out['ir_label'] = ir
         rows = [[n, si['precision'][i], coverage[i], si['iou'][i]] for i, n in enumerate(class_names) if ir_gt_pix[i]]
         rows.append(['all', ir['precision'], ir['coverage'], si['miou']])

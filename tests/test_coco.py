@@ -77,9 +77,11 @@ def test_run_coco_sh_end_to_end(tiny_coco, tmp_path):
     import shutil
     shutil.copytree(tiny_coco['meta'], os.path.join(work, 'meta'))
     env = dict(os.environ, COCO14_ROOT=tiny_coco['root'], WORK_DIR=work, DEVICE='cpu', NUM_WORKERS='0',
-               BACKBONE_WEIGHTS='none', PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
+               BACKBONE_WEIGHTS='none', SEG_INIT='none',
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
+    from tests.test_scripts import SEG_SMALL
     small = ['--backbone_width', '8', '--sfc_crop_size', '64', '--sfc_batch_size', '4', '--sfc_num_epoches', '1',
-             '--sfc_bank_samples', '2', '--cam_scales', '1.0', '0.5', '--log', 'False']
+             '--sfc_bank_samples', '2', '--cam_scales', '1.0', '0.5', '--log', 'False', *SEG_SMALL]
     out = subprocess.run(['bash', os.path.join(ROOT, 'run_coco.sh'), *small], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     names = coco.load_img_name_list(os.path.join(work, 'meta', 'train2014.txt'))
@@ -93,6 +95,8 @@ def test_run_coco_sh_end_to_end(tiny_coco, tmp_path):
     m = json.load(open(os.path.join(work, 'metrics', 'eval_sem_seg.json')))
     assert m['masks'] == 'ir_label' and len(m['iou']) == 81 and 0 <= m['miou'] <= 1
     assert len(json.load(open(os.path.join(work, 'metrics', 'eval_cam.json')))['iou']) == 81
+    seg = json.load(open(os.path.join(work, 'metrics', 'eval_seg.json')))  # DeepLab on the CRF labels, val2014
+    assert len(seg['iou']) == 81 and seg['eval_list'].endswith('val2014.txt') and 0 <= seg['miou'] <= 1
     vis = os.path.join(work, 'vis', 'train2014')  # COCO class names, CRF labels drawn, no pseudo masks
     assert 'contact_sheet.png' in os.listdir(vis) and len(os.listdir(os.path.join(vis, 'ir_label'))) == min(16, len(names))
 

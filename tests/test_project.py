@@ -68,7 +68,9 @@ def test_imagenet_weights_from_local_file(tmp_path):
     torch.save(sd, p)
     with pytest.raises(ValueError, match='layer1.0.conv1.weight'):
         resnet50.resnet50(weights=p)
-    with pytest.raises(ValueError, match='width 64'):
+    with pytest.raises(ValueError, match='width 64, the network has width 8: pass --backbone_width 64'):
         resnet50.resnet50(width=8, weights=p)
+    with pytest.raises(ValueError, match='width 64'):
+        resnet50.resnet50(width=8, weights='imagenet')
     with pytest.raises(FileNotFoundError, match='backbone_weights'):
         resnet50.resnet50(weights=str(tmp_path / 'missing.pth'))

@@ -174,8 +174,62 @@ def stage_train_irn_step(a):
             'unit': 'per step', 'peak_rss_mb': _peak_mb()}
 
 
+def stage_train_seg_step(a):
+    import torch
+    from net import deeplab
+    from step.train_seg import optimizer_for, seg_step_gradients
+    import argparse as ap
+    torch.manual_seed(0)
+    B, crop = a.seg_batch, a.seg_crop
+    model = deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').train()
+    opt = optimizer_for(model, ap.Namespace(seg_lr=2.5e-4, seg_weight_decay=5e-4, seg_head_lr_mult=10,
+                                            seg_head_bias_lr_mult=20, seg_momentum=0.9, seg_poly_power=0.9,
+                                            seg_lr_decay_every=10), 30000)
+    times = []
+    base = _peak_mb()
+    for it in range(a.repeats + 1):
+        img = torch.randn(B, 3, crop, crop) * 50
+        label = torch.randint(0, a.classes + 1, (B, crop, crop), dtype=torch.uint8)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        seg_step_gradients(model, img, label, 'balanced', 1, a.seg_micro_batch)
+        opt.step()
+        if it:
+            times.append(time.perf_counter() - t0)
+    return {'stage': f'train_seg step (DeepLab-v2 ResNet-{a.seg_depth} MSC, crop {crop}, batch {B} in micro-batches of '
+                     f'{a.seg_micro_batch or B}, width {a.width})', 'seconds': sum(times) / len(times),
+            'unit': 'per step', 'peak_rss_mb': _peak_mb(), 'model_built_rss_mb': base}
+
+
+def stage_make_seg(a):
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from misc.imutils import crf_inference_softmax
+    from net import deeplab
+    from step.make_seg import predict_logits
+    torch.manual_seed(0)
+    model = deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').eval()
+    img, _ = _synthetic_cams(a)
+    x = torch.from_numpy(deeplab.normalize_image(img, 'caffe').transpose(2, 0, 1).copy())[None]
+    times, crf = [], []
+    for it in range(a.repeats + 1):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            prob = F.softmax(predict_logits(model, x, img.shape[:2]), dim=0).numpy()
+        t1 = time.perf_counter()
+        np.argmax(crf_inference_softmax(img, prob), axis=0)
+        if it:
+            times.append(time.perf_counter() - t0)
+            crf.append(time.perf_counter() - t1)
+    return {'stage': f'make_seg ({a.width_px}x{a.height}: DeepLab-v2 ResNet-{a.seg_depth} MSC + dense CRF 10 it, '
+                     f'width {a.width})', 'seconds': sum(times) / len(times), 'unit': 'per image',
+            'peak_rss_mb': _peak_mb(), 'crf_s': sum(crf) / len(crf)}
+
+
 STAGES = {'train_step': stage_train_step, 'make_cam': stage_make_cam, 'cam_to_ir_label': stage_cam_to_ir_label,
-          'train_irn_step': stage_train_irn_step, 'make_sem_seg': stage_make_sem_seg}
+          'train_irn_step': stage_train_irn_step, 'make_sem_seg': stage_make_sem_seg,
+          'train_seg_step': stage_train_seg_step, 'make_seg': stage_make_seg}
 
 
 def main():
@@ -190,6 +244,10 @@ def main():
     p.add_argument('--sfc_micro_batch', type=int, default=10)
     p.add_argument('--irn_batch', type=int, default=32)
     p.add_argument('--irn_micro_batch', type=int, default=8)
+    p.add_argument('--seg_batch', type=int, default=10, help='train_seg images per update (the ImageNet recipe)')
+    p.add_argument('--seg_crop', type=int, default=321)
+    p.add_argument('--seg_micro_batch', type=int, default=0, help='0 = the whole batch in one pass')
+    p.add_argument('--seg_depth', type=int, default=101)
     p.add_argument('--width_px', type=int, default=500)
     p.add_argument('--height', type=int, default=375)
     p.add_argument('--scales', type=float, nargs='+', default=[1.0, 0.5, 1.5, 2.0])
@@ -207,7 +265,9 @@ def main():
     for s in a.stages:
         cmd = [sys.executable, os.path.abspath(__file__), '--_child', s, '--threads', str(a.threads),
                '--width', str(a.width), '--classes', str(a.classes), '--crop', str(a.crop), '--batch', str(a.batch),
-               '--bank', str(a.bank), '--sfc_micro_batch', str(a.sfc_micro_batch), '--irn_batch', str(a.irn_batch), '--irn_micro_batch', str(a.irn_micro_batch), '--width_px', str(a.width_px), '--height', str(a.height),
+               '--bank', str(a.bank), '--sfc_micro_batch', str(a.sfc_micro_batch), '--irn_batch', str(a.irn_batch), '--irn_micro_batch', str(a.irn_micro_batch),
+               '--seg_batch', str(a.seg_batch), '--seg_crop', str(a.seg_crop), '--seg_micro_batch', str(a.seg_micro_batch),
+               '--seg_depth', str(a.seg_depth), '--width_px', str(a.width_px), '--height', str(a.height),
                '--repeats', str(a.repeats), '--scales', *map(str, a.scales)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
@@ -216,6 +276,7 @@ def main():
         r = json.loads(out.stdout.strip().splitlines()[-1])
         extra = f', image bank {r["bank_mb"]:.0f} MB' if 'bank_mb' in r else ''
         extra += f' (random walks {r["walk_s"]:.2f} s)' if 'walk_s' in r else ''
+        extra += f' (CRF {r["crf_s"]:.2f} s = {100 * r["crf_s"] / r["seconds"]:.0f}%)' if 'crf_s' in r else ''
         print(f'{r["stage"]}: {r["seconds"]:.2f} s {r["unit"]}, peak RSS {r["peak_rss_mb"] / 1024:.2f} GB{extra}')
 
 

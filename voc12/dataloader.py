@@ -268,3 +268,95 @@ def load_gt(root, name, layout=VOC12Layout):
     if not os.path.isfile(path):
         raise FileNotFoundError(f'GT mask {path} is missing; evaluation needs a GT PNG for every id of --eval_list')
     return read_label(path)
+
+
+class SegmentationDataset(ImageDataset):
+    """DeepLab training samples from pseudo masks (SPEC C2; deeplab-pytorch libs/datasets/base.py): image and
+    mask (`label_dir/<id>.png`, 0..C-1 and 255 = ignore) scaled by a random factor (a choice of `scales`, or
+    uniform in [min, max] with scale_mode 'uniform'; sizes int(h*s), int(w*s)), image bilinear (cv2), mask
+    nearest (PIL); both padded at the bottom/right to the crop (image with its mean, i.e. 0 after
+    normalisation, mask with 255), a random crop, a joint horizontal flip with p=0.5. The image is normalised
+    as the init weights expect (net.deeplab.normalize_image). Randomness comes from (seed, epoch, index)."""
+
+    def __init__(self, img_name_list_path, root, label_dir, crop_size, scales, scale_mode='uniform',
+                 base_size=None, hor_flip=True, input_norm='caffe', seed=0):
+        super().__init__(img_name_list_path, root)
+        if scale_mode not in ('uniform', 'choice'):
+            raise ValueError(f"scale mode must be 'uniform' or 'choice', got {scale_mode!r}")
+        self.label_dir, self.crop_size, self.base_size = label_dir, int(crop_size), base_size
+        self.scales, self.scale_mode = [float(s) for s in scales], scale_mode
+        self.hor_flip, self.input_norm = hor_flip, input_norm
+        self.seed, self.epoch = int(seed), 0
+        self.n_classes = self.layout.n_cat() + 1
+        missing = [n for n in self.names if not os.path.isfile(self.label_path(n))]
+        if missing:
+            raise FileNotFoundError(f'{len(missing)} ids of {img_name_list_path} have no pseudo mask in {label_dir} '
+                                    f'(first: {missing[0]}); run the step that writes them (make_sem_seg for sem_seg/, '
+                                    f'cam_to_ir_label for ir_label/) on this list, or point --seg_label_dir elsewhere')
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def label_path(self, name):
+        return os.path.join(self.label_dir, name + '.png')
+
+    def read_mask(self, name):
+        """The pseudo mask of `name`, checked: readable, single-channel, values 0..C-1 or 255."""
+        path = self.label_path(name)
+        try:
+            label = read_label(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f'pseudo mask of {name} cannot be read ({e}); re-run the step that wrote it') from None
+        bad = np.setdiff1d(np.unique(label), np.r_[np.arange(self.n_classes), 255])
+        if bad.size:
+            raise ValueError(f'pseudo mask of {name} ({path}) holds value {int(bad[0])}: allowed are class ids '
+                             f'0..{self.n_classes - 1} and 255 (ignore) for {self.layout.name}')
+        return label
+
+    def scale_factor(self, rng):
+        if self.scale_mode == 'choice':
+            return self.scales[int(rng.integers(0, len(self.scales)))]
+        return float(rng.uniform(min(self.scales), max(self.scales)))
+
+    def __getitem__(self, idx):
+        import cv2
+        from net.deeplab import normalize_image
+        name = self.names[idx]
+        img, label = self.read(name), self.read_mask(name)
+        if label.shape != img.shape[:2]:
+            raise ValueError(f'pseudo mask of {name} is {label.shape}, its image {img.shape[:2]}')
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        h, w = label.shape
+        if self.base_size:
+            h, w = (self.base_size, int(self.base_size * w / h)) if h > w else (int(self.base_size * h / w), self.base_size)
+        s = self.scale_factor(rng)
+        h, w = max(1, int(h * s)), max(1, int(w * s))
+        x = cv2.resize(normalize_image(img, self.input_norm), (w, h), interpolation=cv2.INTER_LINEAR)
+        label = imutils.pil_resize(label, (h, w), 0)
+        c = self.crop_size
+        ph, pw = max(c, h), max(c, w)
+        xp = np.zeros((ph, pw, 3), np.float32)  # the mean colour, bottom/right padding
+        xp[:h, :w] = x
+        lp = np.full((ph, pw), 255, np.uint8)
+        lp[:h, :w] = label
+        top, left = int(rng.integers(0, ph - c + 1)), int(rng.integers(0, pw - c + 1))
+        x, label = xp[top:top + c, left:left + c], lp[top:top + c, left:left + c]
+        if self.hor_flip and rng.random() < 0.5:
+            x, label = x[:, ::-1], label[:, ::-1]
+        return {'name': name, 'img': np.ascontiguousarray(x.transpose(2, 0, 1)),
+                'label': np.ascontiguousarray(label)}
+
+
+class SegInferDataset(ImageDataset):
+    """Inference samples for the segmentation model: the raw RGB image (for the CRF) and the normalised one."""
+
+    def __init__(self, img_name_list_path, root, input_norm='caffe'):
+        super().__init__(img_name_list_path, root)
+        self.input_norm = input_norm
+
+    def __getitem__(self, idx):
+        from net.deeplab import normalize_image
+        name = self.names[idx]
+        img = self.read(name)
+        return {'name': name, 'raw': img.copy(),  # writable: the loader turns it into a tensor
+                'img': np.ascontiguousarray(normalize_image(img, self.input_norm).transpose(2, 0, 1))}

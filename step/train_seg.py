@@ -1,0 +1,189 @@
+"""train_seg (SPEC C): DeepLab-v2 (ResNet-101, ASPP, MSC) trained on the pseudo masks -> ckpt/deeplab.pth.
+
+Reads the masks in --seg_label_dir (sem_seg/ by default; ir_label/ for the COCO recipe, 255 ignored), never
+the GT. Per update: --seg_iter_size accumulation steps of --seg_batch_size random crops; on each MSC output
+(full, 0.5x, 0.75x, max) the CE against the labels resized to it by nearest neighbour (plain, or balanced:
+the mean of the background-pixel CE and the foreground-pixel CE), summed and divided by the iter size.
+SGD with real momentum, backbone conv weights at lr, ASPP weights x10, ASPP biases x20 without weight decay,
+BatchNorm frozen (statistics and affine), poly decay updated every --seg_lr_decay_every updates. Micro-batches
+(--seg_micro_batch) give the same gradients with less memory. The final weights are kept (no selection on
+GT). Resumes from ckpt/seg_resume.pth; curves go to metrics/train_seg_scalars.jsonl.
+"""
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+from misc import camio
+from misc.dataset import get_dataset, num_classes
+from misc.pyutils import AverageMeter, ScalarLog, format_seconds
+from misc.torchutils import PolyOptimizer, explain_oom, set_seed
+from misc.trainutils import epoch_batches, epoch_order, load_resume_state, schedule
+from net import deeplab, seg_loss
+from net.resnet50 import calibrating_batchnorm
+
+
+def resolve_init(args):
+    """(state dict in our keys or None, layout, stride_in, input_norm, source text) of --seg_init."""
+    if args.seg_init is None:
+        raise ValueError(f'--seg_recipe {args.seg_recipe} needs --seg_init: the path of deeplab-pytorch\'s '
+                         f'deeplabv1_resnet101-coco.pth (or imagenet, another file, or none)')
+    src = deeplab.TORCHVISION_URL[args.seg_depth] if args.seg_init == 'imagenet' else args.seg_init
+    sd, layout = deeplab.init_layout(src, '--seg_init')
+    stride_in = deeplab.default_stride_in(layout) if args.seg_stride_in == 'auto' else args.seg_stride_in
+    norm = deeplab.default_input_norm(layout) if args.seg_input_norm == 'auto' else args.seg_input_norm
+    return sd, layout, stride_in, norm, src
+
+
+def build_model(args, n_classes):
+    sd, layout, stride_in, norm, src = resolve_init(args)
+    model = deeplab.build(n_classes, args.seg_depth, args.backbone_width, stride_in, args.seg_aspp_rates,
+                          args.seg_msc_scales)
+    how = deeplab.load_weights(model, sd, f'--seg_init {src}') if sd is not None else 'random initialisation'
+    if how == 'backbone':
+        how = 'backbone loaded, ASPP fresh (normal 0.01)'
+    print(f'  DeepLab-v2 ResNet-{args.seg_depth} (width {args.backbone_width}), {n_classes} classes; init '
+          f'{args.seg_init} [{layout} layout]: {how}; stride in the {stride_in} conv; input normalisation {norm}')
+    return model, norm
+
+
+def check_not_gt(label_dir, root, layout):
+    """train_seg never reads GT: refuse a --seg_label_dir inside the dataset's GT folders."""
+    real = os.path.realpath(label_dir)
+    for d in (layout.gt_dir, 'SegmentationClass', 'SegmentationClassAug'):
+        g = os.path.realpath(os.path.join(root, d))
+        if real == g or real.startswith(g + os.sep):
+            raise ValueError(f'--seg_label_dir {label_dir} is the dataset\'s ground truth ({d}/): the segmentation '
+                             f'model trains on pseudo masks only (sem_seg/ or ir_label/ of a work directory)')
+
+
+def optimizer_for(model, args, max_step):
+    backbone, head_w, head_b = model.param_groups()
+    lr, wd = args.seg_lr, args.seg_weight_decay
+    return PolyOptimizer([{'params': backbone, 'lr': lr, 'weight_decay': wd},
+                          {'params': head_w, 'lr': lr * args.seg_head_lr_mult, 'weight_decay': wd},
+                          {'params': head_b, 'lr': lr * args.seg_head_bias_lr_mult, 'weight_decay': 0.0}],
+                         lr=lr, weight_decay=wd, max_step=max_step, momentum=args.seg_momentum,
+                         power=args.seg_poly_power, decay_every=args.seg_lr_decay_every)
+
+
+def seg_step_gradients(model, img, label, kind, iter_size=1, micro_batch=0):
+    """Accumulate the gradients of one accumulation step: sum over the MSC outputs of the loss against the labels
+    resized to each output, divided by iter_size, forward/backward in micro-batches with the whole step's pixel
+    counts as denominators (the same gradients as one pass). Returns the step's loss (detached)."""
+    n = img.shape[0]
+    mb = micro_batch if micro_batch > 0 else n
+    labels = dens = None
+    total = torch.zeros((), device=img.device)
+    for i in range(0, n, mb):
+        outs = model(img[i:i + mb])
+        if labels is None:  # all crops share a size, so the first micro-batch tells every output's size
+            labels = [seg_loss.resize_labels(label, o.shape[2:]) for o in outs]
+            dens = [seg_loss.denominators(lab, kind) for lab in labels]
+        loss = sum(seg_loss.output_loss(o, lab[i:i + mb], d, kind) for o, lab, d in zip(outs, labels, dens))
+        loss = loss / iter_size
+        loss.backward()
+        total = total + loss.detach()
+    return total
+
+
+def calibrate(model, ds, device, n_images, seed):
+    """Random initialisation only: every frozen BatchNorm takes its statistics from training crops."""
+    order = epoch_order(seed, 0, len(ds))[:n_images]
+    img = torch.stack([torch.from_numpy(ds[i]['img']) for i in order]).to(device)
+    with torch.no_grad(), calibrating_batchnorm(model.base) as bns:
+        model.base(img)
+    print(f'  random initialisation: calibrated {len(bns)} BatchNorm layers on {len(order)} training crops')
+
+
+def run(args):
+    device = torch.device(args.device)
+    set_seed(args.seed, args.deterministic)
+    ds_mod = get_dataset(args)
+    n_cls = num_classes(args)
+    model, norm = build_model(args, n_cls)
+    check_not_gt(args.seg_label_dir, args.dataset_root, ds_mod.ImageDataset.layout)
+    ds = ds_mod.SegmentationDataset(args.seg_train_list, args.dataset_root, args.seg_label_dir, args.seg_crop_size,
+                                    args.seg_scales, args.seg_scale_mode, args.seg_base_size or None,
+                                    args.seg_hor_flip, norm, args.seed)
+    B, A, max_step = args.seg_batch_size, args.seg_iter_size, args.seg_iters
+    loader_steps, _ = schedule(len(ds), B, 1, args.seg_train_list, '--seg_batch_size')
+    print(f'  {len(ds)} images with pseudo masks from {args.seg_label_dir}; {max_step} updates of {A} x {B} crops '
+          f'of {args.seg_crop_size} ({max_step * A * B / len(ds):.1f} epochs); scales {args.seg_scales} '
+          f'({args.seg_scale_mode}), {args.seg_loss} CE, lr {args.seg_lr} (x{args.seg_head_lr_mult:g} / '
+          f'x{args.seg_head_bias_lr_mult:g} head), momentum {args.seg_momentum}')
+    model.to(device)
+    optimizer = optimizer_for(model, args, max_step)
+    resume_path = os.path.join(args.ckpt_dir, camio.SEG_RESUME)
+    step = 0
+    if args.seg_resume and os.path.isfile(resume_path):
+        state = load_resume_state(resume_path, max_step)
+        deeplab.load_weights(model, deeplab.to_model_keys(state['net'], resume_path)[0], resume_path)
+        optimizer.load_state_dict(state['optimizer'])
+        step = int(state['step'])
+        print(f'  resumed from {resume_path} at update {step}/{max_step}')
+    elif args.seg_init == 'none' and args.seg_calibrate_bn:
+        calibrate(model, ds, device, max(B, 8), args.seed)
+
+    def save_state(step):
+        camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
+                               'max_step': max_step}, resume_path)
+
+    scalars = ScalarLog(camio.scalars_path(args.metrics_dir, 'train_seg'), step,
+                        camio.tensorboard_dir(args.work_dir, 'train_seg') if args.tensorboard else None)
+    try:
+        step = train_loop(args, model, optimizer, ds, loader_steps, step, max_step, save_state, resume_path,
+                          scalars, device)
+    finally:
+        scalars.close()
+    out = os.path.join(args.ckpt_dir, camio.SEG_WEIGHTS)
+    camio.save_checkpoint({'net': model.state_dict(), 'meta': deeplab.checkpoint_meta(model, norm)}, out)
+    print(f'  wrote {out} (final weights of update {step}; no selection on GT)')
+    return {'steps': step, 'weights': out}
+
+
+def loader_stream(ds, position, loader_steps, B, seed, num_workers, device):
+    """Batches from loader position `position` on, epoch after epoch (each epoch's order a function of the seed)."""
+    while True:
+        for pack in epoch_batches(ds, position, loader_steps, B, seed, num_workers, device):
+            yield pack
+            position += 1
+
+
+def train_loop(args, model, optimizer, ds, loader_steps, step, max_step, save_state, resume_path, scalars, device):
+    B, A = args.seg_batch_size, args.seg_iter_size
+    model.train()
+    meter = AverageMeter()
+    t0, start = time.time(), step
+    batches = loader_stream(ds, step * A, loader_steps, B, args.seed, args.num_workers, device)
+    pbar = tqdm(total=max_step, initial=step, desc='train_seg', dynamic_ncols=True, mininterval=5)
+    while step < max_step:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=device)
+        for _ in range(A):
+            pack = next(batches)
+            img = pack['img'].to(device, non_blocking=True)
+            label = pack['label'].to(device, non_blocking=True)
+            with explain_oom(f'train_seg, update {step} ({img.shape[0]} crops of {args.seg_crop_size})',
+                             f'Lower --seg_micro_batch (now {args.seg_micro_batch or B}; the gradients do not '
+                             f'change). Re-running resumes from {resume_path}.', device):
+                loss = loss + seg_step_gradients(model, img, label, args.seg_loss, A, args.seg_micro_batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f'train_seg: non-finite loss at update {step}; the last good state stays in '
+                                     f'{resume_path}. Lower --seg_lr, or use --seg_loss balanced with ImageNet init.')
+        optimizer.step()
+        step += 1
+        meter.add({'loss': loss.item()})
+        scalars.add(step, **{'loss/seg': loss, 'lr': optimizer.param_groups[0]['lr']})
+        pbar.update(1)
+        if (step - 1) % args.seg_print_freq == 0 or step == max_step:
+            rate = (step - start) / max(time.time() - t0, 1e-9)
+            pbar.write(f'update {step - 1:6d}/{max_step}  loss {meter.pop("loss"):.4f}  '
+                       f'lr {optimizer.param_groups[0]["lr"]:.4g}  {rate * A * B:.1f} img/s  '
+                       f'ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
+        if step % args.seg_ckpt_freq == 0:
+            save_state(step)
+    pbar.close()
+    save_state(step)
+    return step
