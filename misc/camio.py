@@ -55,12 +55,19 @@ def work_layout(work_dir):
     return {k: os.path.join(work_dir, v) for k, v in SUBDIRS.items()}
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """write(tmp_path) then rename onto path."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=d)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide artefacts from the rest of a group
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -6,9 +6,10 @@ and one contact sheet for a chosen list of images.
 Reads what the steps wrote under --work_dir (cam/, ir_label/, sem_seg/; dataset and root from args.json)
 and writes below work_dir/vis/<tag>/ (tag: the list's name, or --tag):
     <id>.png              full-size strip: image | GT | CAM seeds (argmax of the --cam_source CAM) |
-                          IR label | pseudo mask | one overlay per class of the image (that CAM
-                          divided by its max per class)
-    ir_label/<id>.png     IR labels, sem_seg/<id>.png pseudo masks: palette PNGs (pixel values = class ids)
+                          IR label | pseudo mask | DeepLab prediction (seg/) | one overlay per class of the
+                          image (that CAM divided by its max per class)
+    ir_label/<id>.png     IR labels, sem_seg/<id>.png pseudo masks, seg/<id>.png DeepLab predictions: palette
+                          PNGs (pixel values = class ids)
     contact_sheet.png     one row of thumbnails per image, a colour legend of the classes shown
 Artefacts a run has not produced yet are drawn as grey 'missing' panels, so the command works after any step.
 """
@@ -120,7 +121,7 @@ def legend(class_ids, class_names, palette, width, size=12):
     return np.asarray(im)
 
 
-def image_panels(name, img, cams, gt, ir, sem, class_names, source, fuse_weight):
+def image_panels(name, img, cams, gt, ir, sem, class_names, source, fuse_weight, seg=None):
     """[(title, rgb or None, label or None)] for one image; None = the artefact does not exist yet."""
     panels = [(name, img, None), ('GT', None, gt)]
     if cams is not None:
@@ -128,7 +129,7 @@ def image_panels(name, img, cams, gt, ir, sem, class_names, source, fuse_weight)
         panels.append(('CAM seeds', None, cams['keys'][np.argmax(score, 0)].astype(np.uint8)))
     else:
         panels.append(('CAM seeds', None, None))
-    panels += [('IR label', None, ir), ('pseudo mask', None, sem)]
+    panels += [('IR label', None, ir), ('pseudo mask', None, sem), ('DeepLab', None, seg)]
     if cams is not None:
         for k, heat in zip(cams['keys'][1:], class_heatmaps(score)):
             panels.append((class_names[k], overlay_heatmap(img, heat), None))
@@ -185,22 +186,23 @@ def run(work_dir, names, root, dataset='voc12', tag='vis', source='proto_cam', f
         gt = camio.read_label(gt_file) if os.path.isfile(gt_file) else None
         ir = read_optional_label(camio.label_path(layout_dirs['ir_label_dir'], name))
         sem = read_optional_label(camio.label_path(layout_dirs['sem_seg_dir'], name))
-        for lab, what in ((gt, 'GT'), (ir, 'IR label'), (sem, 'pseudo mask')):
+        seg = read_optional_label(camio.label_path(layout_dirs['seg_dir'], name))
+        for lab, what in ((gt, 'GT'), (ir, 'IR label'), (sem, 'pseudo mask'), (seg, 'DeepLab prediction')):
             if lab is not None and lab.shape != img.shape[:2]:
                 raise ValueError(f'{name}: {what} size {lab.shape} differs from the image {img.shape[:2]}')
         if cams is not None and cams['cam'].shape[1:] != img.shape[:2]:
             raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {img.shape[:2]}; '
                              f're-run make_cam for it')
-        panels = image_panels(name, img, cams, gt, ir, sem, class_names, source, fuse_weight)
+        panels = image_panels(name, img, cams, gt, ir, sem, class_names, source, fuse_weight, seg)
         for _, _, lab in panels:
             if lab is not None:
                 shown.update(np.unique(lab).tolist())
         if write_full:
             camio.write_image(os.path.join(out_dir, name + '.png'), render(panels, None, palette))
-            for lab, sub in ((ir, 'ir_label'), (sem, 'sem_seg')):
+            for lab, sub in ((ir, 'ir_label'), (sem, 'sem_seg'), (seg, 'seg')):
                 if lab is not None:
                     camio.write_label(camio.label_path(os.path.join(out_dir, sub), name), lab, palette)
-        rows.append(render(panels[:5 + max_classes], thumb_height, palette))
+        rows.append(render(panels[:6 + max_classes], thumb_height, palette))
     if not rows:
         raise ValueError('no images to draw: the list is empty')
     sheet = vstack(rows, sep=6)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from misc import camio
 from misc.dataset import get_dataset
 from misc.metrics import ConfusionMatrix, per_class
+from misc.plots import eval_figure
 from misc.pyutils import format_table
 from misc.visualize import cam_panels
 
@@ -80,6 +81,7 @@ def run(args):
         sc = confs[s].scores()
         results[s] = metrics_dict(sc, class_names, len(names_ds))
         print_table(f'eval_cam: {s} on {args.eval_list} ({len(names_ds)} images)', sc, class_names)
+    eval_figure(args, ds_mod, 'eval_cam', {s: confs[s].scores()['iou'] for s in sources}, class_names)
     head = dict(results[sources[0]])
     head.update({'source': sources[0], 'sources': results, 'eval_list': args.eval_list})
     camio.save_json(os.path.join(args.metrics_dir, 'eval_cam.json'), head)

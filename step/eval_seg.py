@@ -12,6 +12,7 @@ from tqdm import tqdm
 from misc import camio
 from misc.dataset import get_dataset
 from misc.metrics import ConfusionMatrix, per_class
+from misc.plots import eval_figure
 from misc.pyutils import format_table
 
 
@@ -48,6 +49,7 @@ def run(args):
     if with_nocrf:
         out['miou_no_crf'] = scores['no_crf']['miou']
         out['iou_no_crf'] = per_class(scores['no_crf']['iou'], class_names)
+    eval_figure(args, ds_mod, 'eval_seg', {label[k]: scores[k]['iou'] for k in keys}, class_names, args.seg_train_list)
     camio.save_json(os.path.join(args.metrics_dir, 'eval_seg.json'), out)
     print('  ' + '  '.join(f'{label[k]} mIoU {scores[k]["miou"]:.4f}' for k in keys))
     return out

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from misc import camio
 from misc.dataset import get_dataset
 from misc.metrics import ConfusionMatrix, per_class
+from misc.plots import eval_figure
 from misc.pyutils import format_table
 
 
@@ -71,6 +72,10 @@ def run(args):
         print('  IR labels on the same images (precision of the confident pixels, share of GT pixels that are '
               'confident, IoU on confident pixels):')
         print(format_table(['class', 'precision', 'coverage', 'IoU'], rows))
+    series = {args.eval_masks: s['iou']}
+    if 'ir_label' in out and args.eval_masks != 'ir_label':
+        series['ir_label (255 -> bg)'] = ir_mask_conf.scores()['iou']
+    eval_figure(args, ds_mod, 'eval_sem_seg', series, class_names)
     camio.save_json(os.path.join(args.metrics_dir, 'eval_sem_seg.json'), out)
     print(f'  pseudo-mask mIoU {s["miou"]:.4f}')
     return out

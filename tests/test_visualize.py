@@ -39,7 +39,7 @@ def test_strip_panels_are_exact(tiny_voc, drawn_run):
         h, w = img.shape[:2]
         cams = camio.load_cam(os.path.join(work, 'cam', n + '.npz'))
         gt = camio.read_label(os.path.join(tiny_voc['root'], 'SegmentationClass', n + '.png'))
-        n_panels = 5 + len(cams['keys']) - 1
+        n_panels = 6 + len(cams['keys']) - 1
         assert strip.shape == (TITLE + h, n_panels * w + (n_panels - 1) * SEP, 3)
 
         def panel(i):
@@ -50,9 +50,10 @@ def test_strip_panels_are_exact(tiny_voc, drawn_run):
         np.testing.assert_array_equal(panel(2), pal[seeds])
         np.testing.assert_array_equal(panel(3), pal[gt])  # the IR labels of this run are the GT
         assert (panel(4) == visualize.MISSING_GREY).mean() > 0.9  # no pseudo masks yet
+        assert (panel(5) == visualize.MISSING_GREY).mean() > 0.9  # no DeepLab predictions yet
         for j, k in enumerate(cams['keys'][1:]):
             c = cams['proto_cam'][j + 1]
-            np.testing.assert_array_equal(panel(5 + j), overlay_heatmap(img, c / max(c.max(), 1e-5)))
+            np.testing.assert_array_equal(panel(6 + j), overlay_heatmap(img, c / max(c.max(), 1e-5)))
         ir = Image.open(os.path.join(work, 'vis', 'val', 'ir_label', n + '.png'))
         assert ir.mode == 'P' and np.array_equal(np.asarray(ir), gt)
         assert not os.path.exists(os.path.join(work, 'vis', 'val', 'sem_seg', n + '.png'))

@@ -1,0 +1,117 @@
+"""The ImageNet stand-in (issue 12): committed weights load through the ImageNet route strictly, the command that
+made them reproduces its first steps, and the ablation runner works end to end."""
+import hashlib
+import json
+import os
+import re
+import shlex
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import run_sample
+from misc import camio
+from net import resnet50
+from step import train_seg
+from tools import ablation, pretrain_backbone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDIN = os.path.join(ROOT, 'weights', 'standin')
+
+
+@pytest.mark.parametrize('name', ['resnet50_w8', 'resnet101_w8'])
+def test_committed_weights_match_their_provenance(name):
+    rec = json.load(open(os.path.join(STANDIN, name + '.json')))
+    with open(os.path.join(STANDIN, rec['file']), 'rb') as f:
+        assert hashlib.sha256(f.read()).hexdigest() == rec['sha256']
+    assert rec['command'].startswith('python -m tools.pretrain_backbone') and rec['seed'] == 0
+    assert rec['val_top1'] > 5 / rec['classes'] and rec['bytes'] < 4 * 2 ** 20
+
+
+def test_standin_loads_through_the_imagenet_route(tmp_path):
+    path = os.path.join(STANDIN, 'resnet50_w8.pth')
+    net = resnet50.resnet50(width=8, weights=path)  # --backbone_weights PATH: strict, fc dropped
+    sd = torch.load(path, weights_only=True)
+    assert torch.equal(net.layer4[2].conv3.weight, sd['layer4.2.conv3.weight'])
+    bad = dict(sd)
+    bad['layer2.1.conv2.weigth'] = bad.pop('layer2.1.conv2.weight')
+    torch.save(bad, str(tmp_path / 'bad.pth'))
+    with pytest.raises(ValueError, match=r'missing tensors.*layer2\.1\.conv2\.weight(.|\n)*unexpected.*weigth'):
+        resnet50.resnet50(width=8, weights=str(tmp_path / 'bad.pth'))
+    legacy = {k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}  # as resnet50-19c8e357.pth
+    torch.save(legacy, str(tmp_path / 'legacy.pth'))
+    resnet50.resnet50(width=8, weights=str(tmp_path / 'legacy.pth'))
+    # the DeepLab stand-in goes through --seg_init PATH: torchvision layout, stride in the 3x3, RGB mean/std
+    a = run_sample.get_parser().parse_args(['--seg_init', os.path.join(STANDIN, 'resnet101_w8.pth'),
+                                            '--backbone_width', '8'])
+    model, norm = train_seg.build_model(a, 21)
+    assert norm == 'torchvision' and model.stride_in == '3x3' and model.depth == 101
+    sd101 = torch.load(os.path.join(STANDIN, 'resnet101_w8.pth'), weights_only=True)
+    assert torch.equal(model.base.layer4.block23.increase.conv.weight, sd101['layer3.22.conv3.weight'])
+
+
+def test_pretraining_reproduces_its_first_steps():
+    rec = json.load(open(os.path.join(STANDIN, 'resnet50_w8.json')))
+    argv = shlex.split(rec['command'])[3:]
+    argv = [x for i, x in enumerate(argv) if x != '--out_dir' and (i == 0 or argv[i - 1] != '--out_dir')]
+    argv = [x for i, x in enumerate(argv) if x != '--nets' and (i == 0 or argv[i - 1] != '--nets')]
+    a = pretrain_backbone.get_parser().parse_args(argv + ['--max_steps', '3'])
+    assert a.seed == rec['seed'] and a.threads == rec['settings']['threads']
+    torch.set_num_threads(a.threads)
+    runs = [pretrain_backbone.train('resnet50', a, log=lambda *_: None) for _ in range(2)]
+    for k, v in runs[0][0].state_dict().items():  # bit for bit, twice
+        assert torch.equal(v, runs[1][0].state_dict()[k]), k
+    assert runs[0][1]['first_losses'] == runs[1][1]['first_losses']
+    # and the committed file's first steps (recorded when it was made) to float32 rounding
+    np.testing.assert_allclose(runs[0][1]['first_losses'], rec['first_losses'][:3], rtol=1e-5)
+
+
+def test_generated_classes_are_balanced_and_deterministic():
+    a, b = pretrain_backbone.make_image(0, 77, 64, 12), pretrain_backbone.make_image(0, 77, 64, 12)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1] == 77 % 72
+    labels = [pretrain_backbone.make_image(0, i, 32, 12)[1] for i in range(144)]
+    assert np.bincount(labels).tolist() == [2] * 72
+
+
+def flag_dict(tokens):
+    """{--flag: value} of a command's tokens (a flag followed by one value)."""
+    return {t: tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t.startswith('--')}
+
+
+def test_demo_recipe_and_ablation_defaults_agree():
+    """The ablation's default rows train SFC exactly as run_demo.sh does."""
+    text = open(os.path.join(ROOT, 'run_demo.sh')).read().replace('$STANDIN', 'weights/standin')
+    block = text[text.index('# 1. SFC'):text.index('--train_sfc_pass True')]
+    demo = flag_dict(shlex.split(' '.join(line.rstrip('\\') for line in block.splitlines()[1:])))
+    common = flag_dict(shlex.split(re.search(r'COMMON=\((.*?)\)', text, re.S).group(1).replace('\\\n', ' ')))
+    demo.update({k: v for k, v in common.items() if k.startswith('--backbone')})
+    ours = flag_dict(ablation.DEMO_SFC_FLAGS)
+    assert {k: v for k, v in demo.items() if k in ours} == ours
+
+
+def test_ablation_runner_end_to_end(tiny_voc, tmp_path, capsys):
+    work = str(tmp_path / 'abl')
+    small = ['--backbone_weights', 'none', '--backbone_width', '8', '--sfc_crop_size', '64', '--sfc_batch_size', '2',
+             '--sfc_num_epoches', '1', '--sfc_lr', '0.01', '--sfc_dc_offset', 'auto', '--sfc_select_on_gt', 'False',
+             '--sfc_bank_samples', '2', '--cam_scales', '1.0', '--log', 'False', '--check_data', 'False']
+    argv = ['--voc12_root', tiny_voc['root'], '--meta_dir', tiny_voc['meta'], '--work_dir', work, '--rows', 'plain',
+            'sfc', '--seeds', '1', '--recipe', 'none', '--device', 'cpu', '--num_workers', '0', '--', *small]
+    out = ablation.main(argv)
+    table = capsys.readouterr().out
+    assert 'plain CAM' in table and 'full SFC (DC weights)' in table and 'tail IoU (cam)' in table
+    m = json.load(open(os.path.join(work, 'metrics', 'ablation.json')))
+    assert set(m['rows']) == {'plain', 'sfc'} and m['seeds'] == [1]
+    for r in m['rows'].values():
+        assert 0 <= r['miou_cam']['mean'] <= 1 and 0 <= r['to_other_fg']['mean'] <= 1
+        assert len(r['iou_per_class']) == 21
+    sd = torch.load(os.path.join(work, 'runs', 'plain_s1', 'ckpt', camio.SFC_RESUME), weights_only=True)
+    assert sd['bank'] is None  # the plain row trains without the image bank
+    with Image.open(os.path.join(work, 'vis', 'ablation_gain.png')) as im:
+        assert im.size[0] > 300 and im.size[1] > 200
+    for run in ('plain_s1', 'sfc_s1'):  # every eval step draws its per-class chart
+        with Image.open(os.path.join(work, 'runs', run, 'vis', 'eval_cam_per_class.png')) as im:
+            assert im.size[0] > 300
+    again = ablation.main(argv)  # finished rows are reused, not retrained
+    assert set(again['seconds'].values()) == {0.0} and again['rows']['sfc']['miou_cam'] == out['rows']['sfc']['miou_cam']
