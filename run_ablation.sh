@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-17179869184} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184}
 . ./setup_env.sh
-python -m tools.ablation "$@"
+"$PY" -m tools.ablation "$@"

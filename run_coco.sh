@@ -8,10 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 # glibc: keep large CPU buffers in the heap instead of mmap/unmap per forward (~10-15% faster on CPU)
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-17179869184} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184}
+. ./setup_env.sh   # $PY: PYTHON=..., the active venv/conda env, or the project's .venv (created on first use)
 
 COCO14_ROOT=${COCO14_ROOT:-data/coco2014}          # train2014/, val2014/, annotations/instances_{train,val}2014.json
 WORK_DIR=${WORK_DIR:-work/coco}
 DEVICE=${DEVICE:-auto}
+NPROC=${NPROC:-1}                                  # processes through torchrun (one per GPU); TORCHRUN_ARGS for more machines
 NUM_WORKERS=${NUM_WORKERS:-8}
 BACKBONE_WEIGHTS=${BACKBONE_WEIGHTS:-imagenet}
 USE_IRN=${USE_IRN:-False}                          # True: IRN + random walk instead of the CRF labels
@@ -44,7 +46,7 @@ VIS_IMAGES=${VIS_IMAGES:-16}  # first N images of the evaluation list, drawn int
 
 META=$WORK_DIR/meta
 if [ ! -f "$META/cls_labels.npz" ]; then
-  python -m coco14.make_cls_labels --coco14_root "$COCO14_ROOT" --out_dir "$META"
+  "$PY" -m coco14.make_cls_labels --coco14_root "$COCO14_ROOT" --out_dir "$META"
 fi
 TRAIN_LIST=$META/train2014.txt
 
@@ -54,7 +56,7 @@ else
   REFINE=(--eval_masks ir_label --seg_label_dir "$WORK_DIR/ir_label")   # 255 (unconfident) is ignored in training
 fi
 
-python run_sample.py --dataset coco14 \
+sfc_run --dataset coco14 \
   --coco14_root "$COCO14_ROOT" --work_dir "$WORK_DIR" --device "$DEVICE" --num_workers "$NUM_WORKERS" --seed $SEED \
   --train_list "$TRAIN_LIST" --infer_list "$TRAIN_LIST" --eval_list "$TRAIN_LIST" \
   --backbone_weights "$BACKBONE_WEIGHTS" \
@@ -69,5 +71,5 @@ python run_sample.py --dataset coco14 \
   "$@"
 
 if [ "$VIS_IMAGES" -gt 0 ]; then
-  python -m misc.visualize --work_dir "$WORK_DIR" --list "$TRAIN_LIST" --max_images "$VIS_IMAGES"
+  "$PY" -m misc.visualize --work_dir "$WORK_DIR" --list "$TRAIN_LIST" --max_images "$VIS_IMAGES"
 fi

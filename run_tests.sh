@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 . ./setup_env.sh
-python -m pytest -q tests "$@"
+"$PY" -m pytest -q tests "$@"

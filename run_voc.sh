@@ -11,10 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 # glibc: keep large CPU buffers in the heap instead of mmap/unmap per forward (~10-15% faster on CPU)
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-17179869184} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184}
+. ./setup_env.sh   # $PY: PYTHON=..., the active venv/conda env, or the project's .venv (created on first use)
 
 VOC12_ROOT=${VOC12_ROOT:-data/VOCdevkit/VOC2012}   # JPEGImages/, Annotations/, SegmentationClass/, [SegmentationClassAug/]
 WORK_DIR=${WORK_DIR:-work/voc}
-DEVICE=${DEVICE:-auto}                             # auto | cpu | cuda (inference uses every visible GPU)
+DEVICE=${DEVICE:-auto}                             # auto | cpu | cuda
+NPROC=${NPROC:-1}                                  # processes through torchrun (one per GPU); TORCHRUN_ARGS for more machines
 NUM_WORKERS=${NUM_WORKERS:-8}                      # SFC/train_resnet50_SFC.py:90
 BACKBONE_WEIGHTS=${BACKBONE_WEIGHTS:-imagenet}     # imagenet (torchvision URL) | /path/resnet50-19c8e357.pth
 SEED=10                                            # SFC/train_resnet50_SFC.py:99
@@ -75,12 +77,12 @@ VIS_IMAGES=${VIS_IMAGES:-16}  # first N images of the evaluation list, drawn int
 
 META=$WORK_DIR/meta
 if [ ! -f "$META/cls_labels.npz" ]; then
-  python -m voc12.make_cls_labels --voc12_root "$VOC12_ROOT" --out_dir "$META"
+  "$PY" -m voc12.make_cls_labels --voc12_root "$VOC12_ROOT" --out_dir "$META"
 fi
 TRAIN_LIST=$META/train_aug.txt
 [ -f "$TRAIN_LIST" ] || { echo "no SegmentationClassAug/: training on VOC train only"; TRAIN_LIST=$META/train.txt; }
 
-python run_sample.py \
+sfc_run \
   --voc12_root "$VOC12_ROOT" --work_dir "$WORK_DIR" --device "$DEVICE" --num_workers "$NUM_WORKERS" --seed $SEED \
   --train_list "$TRAIN_LIST" --infer_list "$TRAIN_LIST" --eval_list "$META/train.txt" \
   --backbone_weights "$BACKBONE_WEIGHTS" \
@@ -104,11 +106,11 @@ python run_sample.py \
   "$@"
 
 if [ -n "$VOC12_TEST_ROOT" ]; then   # predictions on the VOC test set, in the evaluation server's layout
-  python run_sample.py --voc12_root "$VOC12_ROOT" --work_dir "$WORK_DIR" --device "$DEVICE" --num_workers "$NUM_WORKERS" \
+  sfc_run --voc12_root "$VOC12_ROOT" --work_dir "$WORK_DIR" --device "$DEVICE" --num_workers "$NUM_WORKERS" \
     --seg_infer_root "$VOC12_TEST_ROOT" --seg_infer_list "$VOC12_TEST_ROOT/ImageSets/Segmentation/test.txt" \
     --seg_export_voc_test True --make_seg_pass True "$@"
 fi
 
 if [ "$VIS_IMAGES" -gt 0 ]; then
-  python -m misc.visualize --work_dir "$WORK_DIR" --list "$META/train.txt" --max_images "$VIS_IMAGES"
+  "$PY" -m misc.visualize --work_dir "$WORK_DIR" --list "$META/train.txt" --max_images "$VIS_IMAGES"
 fi

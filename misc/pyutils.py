@@ -3,7 +3,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def str2bool(v):
@@ -96,8 +95,10 @@ class ScalarLog:
     Opening at start_step > 0 (a resumed run) first drops the lines of steps after it, so a resumed
     run's log reads as if the run had never stopped."""
 
-    def __init__(self, path, start_step=0, tb_dir=None):
-        self.path = path
+    def __init__(self, path, start_step=0, tb_dir=None, enabled=True):
+        self.path, self.enabled = path, enabled
+        if not enabled:  # ranks other than 0 under torchrun: rank 0 writes the curve
+            return
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         kept = []
         if start_step > 0 and os.path.isfile(path):
@@ -125,6 +126,8 @@ class ScalarLog:
             self._tb = SummaryWriter(tb_dir, purge_step=start_step + 1 if start_step > 0 else None)
 
     def add(self, step, **values):
+        if not self.enabled:
+            return
         values = {k: float(v) for k, v in values.items()}
         self._file.write(json.dumps({'step': int(step), **values}) + '\n')
         self._file.flush()
@@ -133,6 +136,8 @@ class ScalarLog:
                 self._tb.add_scalar(k, v, int(step))
 
     def close(self):
+        if not self.enabled:
+            return
         self._file.close()
         if self._tb is not None:
             self._tb.close()

@@ -1,17 +1,17 @@
-"""Pieces both training steps share: a data order that is a pure function of (seed, epoch), so that a
-resumed run sees exactly the batches of an uninterrupted one, and the loader that serves it."""
+"""Pieces the training steps share: a data order that is a pure function of (seed, epoch), so that a
+resumed run sees exactly the batches of an uninterrupted one, and one loader that serves it from any step on,
+across epochs, with workers that stay up and prefetch (each sample's augmentation is a function of
+(seed, epoch, index), passed to the dataset with the index)."""
+import os
+import signal
+import time
+
 import torch
 
-
-class _ListSampler(torch.utils.data.Sampler):
-    def __init__(self, indices):
-        self.indices = indices
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
+# Fault injection for the tests of killed runs: "RANK:N" makes that rank kill itself (SIGKILL, as an out-of-memory
+# killer or a lost node would) when the training loop asks for its N-th batch (0-based, counted from the start or
+# the resume of the run). Unset in normal use.
+KILL_ENV = 'SFC_TEST_KILL_AT_BATCH'
 
 
 def schedule(n_images, batch_size, epochs, list_path, batch_flag):
@@ -30,13 +30,69 @@ def epoch_order(seed, epoch, n):
     return torch.randperm(n, generator=g).tolist()
 
 
-def epoch_batches(dataset, step, steps_per_epoch, batch_size, seed, num_workers, device):
-    """Loader over the rest of the epoch that contains global step `step` (drop_last batches)."""
-    epoch, within = divmod(step, steps_per_epoch)
-    dataset.set_epoch(epoch)
-    order = epoch_order(seed, epoch, len(dataset))[within * batch_size: steps_per_epoch * batch_size]
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=_ListSampler(order),
-                                       num_workers=num_workers, pin_memory=device.type == 'cuda', drop_last=True)
+class StepSampler(torch.utils.data.Sampler):
+    """(epoch, index) of every image of the global batches start..stop-1: batch s is images
+    [w * B, (w + 1) * B) of epoch e's order, (e, w) = divmod(s, n // B) (drop_last). With world > 1 it yields
+    rank `rank`'s slice of each global batch (B / world images), so the ranks together load what one process
+    loads."""
+
+    def __init__(self, n, batch_size, seed, start, stop, rank=0, world=1):
+        if batch_size % world:
+            raise ValueError(f'a global batch of {batch_size} does not split across {world} processes')
+        self.n, self.batch, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+        self.rank, self.world = rank, world
+        self.steps_per_epoch = n // batch_size
+
+    def __iter__(self):
+        per, order, cur = self.batch // self.world, None, None
+        for s in range(self.start, self.stop):
+            epoch, within = divmod(s, self.steps_per_epoch)
+            if epoch != cur:
+                order, cur = epoch_order(self.seed, epoch, self.n), epoch
+            chunk = order[within * self.batch:(within + 1) * self.batch]
+            for i in chunk[self.rank * per:(self.rank + 1) * per]:
+                yield epoch, i
+
+    def __len__(self):
+        return max(0, self.stop - self.start) * (self.batch // self.world)
+
+
+def step_loader(dataset, start, stop, batch_size, seed, num_workers, device, rank=0, world=1, prefetch=4):
+    """Batches of loader steps start..stop-1 (this rank's share), one DataLoader for the whole run: workers
+    stay up across epochs and keep `prefetch` batches each ahead; pinned memory on CUDA."""
+    sampler = StepSampler(len(dataset), batch_size, seed, start, stop, rank, world)
+    extra = {'prefetch_factor': prefetch} if num_workers > 0 else {}
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size // world, sampler=sampler,
+                                       num_workers=num_workers, pin_memory=torch.device(device).type == 'cuda',
+                                       **extra)
+
+
+class DataWait:
+    """Time the training loop spends waiting for its next batch, against the whole step."""
+
+    def __init__(self, it):
+        self.it, self.t_step, self.wait = iter(it), time.perf_counter(), 0.0
+        self.count, self.kill_at = 0, None
+        spec = os.environ.get(KILL_ENV)
+        if spec:
+            rank, n = (int(v) for v in spec.split(':'))
+            if rank == int(os.environ.get('RANK', 0)):
+                self.kill_at = n
+
+    def next(self):
+        if self.count == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.count += 1
+        t = time.perf_counter()
+        pack = next(self.it)
+        self.wait += time.perf_counter() - t
+        return pack
+
+    def lap(self):
+        """(seconds waited for data, seconds of the whole step) since the previous lap."""
+        now = time.perf_counter()
+        out, self.t_step, self.wait = (self.wait, now - self.t_step), now, 0.0
+        return out
 
 
 def load_resume_state(path, max_step):

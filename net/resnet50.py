@@ -161,15 +161,18 @@ def calibrating_batchnorm(module):
 
 def fold_batchnorm(model):
     """Inference only: fold every FixedBatchNorm into the conv before it (conv gains a bias, the BN becomes
-    Identity). Same function up to float rounding (~1e-6 relative); about 10% faster on CPU."""
+    Identity). The folded weights w * gamma / sqrt(var + eps) and bias are computed in float64 and rounded once
+    to float32, so folding adds one rounding per weight (README: its distance to the unfolded network)."""
+    import copy
+
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     def fold(parent, conv_name, bn_name):
         conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
         if isinstance(bn, FixedBatchNorm):
-            conv.eval()
-            bn.eval()
-            setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+            dtype = conv.weight.dtype
+            c64, b64 = copy.deepcopy(conv).double().eval(), copy.deepcopy(bn).double().eval()
+            setattr(parent, conv_name, fuse_conv_bn_eval(c64, b64).to(dtype))
             setattr(parent, bn_name, nn.Identity())
     for m in list(model.modules()):
         if isinstance(m, ResNet):

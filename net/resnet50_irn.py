@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from misc.torchutils import fp32
 from net import resnet50 as resnet
 from net.checkpoint import alias_mapper, load_strict, strip_aliases, unwrap_state_dict
 
@@ -168,6 +169,7 @@ def label_counts(bg_pos, fg_pos, neg):
     return {'bg': bg_pos.sum().double(), 'fg': fg_pos.sum().double(), 'neg': neg.sum().double()}
 
 
+@fp32
 def irn_training_loss(edge_out, dp_out, path_indices, search_dst, radius_floor, bg_pos, fg_pos, neg, counts=None,
                       eps=LOG_EPS):
     """The training loss of SFC/train_irn.py:53-75 without the full loss maps (memory-lean, same values).

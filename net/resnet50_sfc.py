@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from net import resnet50 as resnet
+from misc.torchutils import fp32
 from net.checkpoint import alias_mapper, load_strict, strip_aliases, unwrap_state_dict
 
 EPS = 1e-5  # norms, max-normalisation, PCM column sums (SFC/network/resnet50_SFC.py:40-42, :81, :87-90)
@@ -18,6 +19,7 @@ PROTO_BG_FACTOR = 0.3  # background scale before the seed argmax (SFC/network/re
 PCM_ITERS = 2  # two propagation steps (SFC/network/resnet50_SFC.py:43-44)
 
 
+@fp32
 def normalize_cam(logits, size=None, eps=EPS):
     """relu, per-channel max-normalisation, background = 1 - max over classes, prepended (SPEC B2.4 step 4).
     logits (n,C-1,h,w) -> (n,C,h,w), resized bilinearly (align_corners=True) to `size` if given."""
@@ -30,6 +32,7 @@ def normalize_cam(logits, size=None, eps=EPS):
     return out
 
 
+@fp32
 def pcm_propagate(cam, g, eps=EPS, iters=PCM_ITERS):
     """PCM after the f9 convolution (SPEC B2.5): cam (n,C,h,w), g (n,D,h,w) -> (n,C,h,w).
 
@@ -55,6 +58,7 @@ def prototype_seeds(norm_cam, mask, bg_factor=PROTO_BG_FACTOR):
     return seeds * mask
 
 
+@fp32
 def prototype_cam(norm_cam, feature, mask, bg_factor=PROTO_BG_FACTOR, cos_eps=COS_EPS):
     """The prototype (IS) CAM (SPEC B2.6): relu(cos(F(p), proto_c)), proto_c = sum_p S_c(p) F(p) / (h w).
 
@@ -72,6 +76,7 @@ def prototype_cam(norm_cam, feature, mask, bg_factor=PROTO_BG_FACTOR, cos_eps=CO
     return F.relu(dot / (p_norm * f_norm)).reshape(n, c, h, w)
 
 
+@fp32
 def hierarchical_feature(sides, size, eps=EPS):
     """L2-normalise each side feature over channels, resize bilinearly (align_corners=False) to size, concat."""
     out = []
@@ -119,11 +124,18 @@ class Net(nn.Module):
             x2 = r.layer2(x1)
         x3 = r.layer3(x2)
         x4 = r.layer4(x3)
-        sides = [self.side1(x1), self.side2(x2), self.side3(x3.detach()), self.side4(x4.detach())]
-        hie = hierarchical_feature(sides, x3.shape[2:])
-        return x3, x4, self.classifier(x4), hie
+        return (x3, x4) + self._heads(x1, x2, x3, x4)
 
+    @fp32
+    def _heads(self, x1, x2, x3, x4):
+        """Classifier and side convs, in float32 under --amp: the 1x1 heads are a few % of the work, and the CAMs
+        and the prototype's cosines are what the method's argmaxes read."""
+        sides = [self.side1(x1), self.side2(x2), self.side3(x3.detach()), self.side4(x4.detach())]
+        return self.classifier(x4), hierarchical_feature(sides, x3.shape[2:])
+
+    @fp32
     def pcm(self, cam, x, x4):
+        """PCM with its f9 projection in float32 (the affinities of PCM are products of these features)."""
         f = torch.cat([F.interpolate(x, size=x4.shape[2:], mode='bilinear', align_corners=True), x4], dim=1)
         return pcm_propagate(cam, self.f9(f))
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from misc.torchutils import fp32
+
 IGNORE = 255
 LOSSES = ('balanced', 'ce')
 
@@ -37,6 +39,7 @@ def denominators(labels, kind):
     raise ValueError(f'segmentation loss must be one of {LOSSES}, got {kind!r}')
 
 
+@fp32
 def output_loss(logit, labels, den, kind):
     """Loss of one MSC output for a (micro-)batch, each pixel group divided by its count in `den` (from the
     whole batch). Balanced: groups without any pixel in the whole batch are left out of the mean (CLIMS would

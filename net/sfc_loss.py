@@ -3,6 +3,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from misc.torchutils import fp32
+
 EPS = 1e-5  # max-normalisation of the prototype CAM (SFC/train_resnet50_SFC.py:185)
 
 
@@ -26,17 +28,20 @@ def channel_weights(class_weights):
     return torch.cat([torch.ones(1), w])
 
 
+@fp32
 def classification_loss(score_full, score_half, label):
     """(MLSM(s1, y) + MLSM(s2, y)) / 2 with F.multilabel_soft_margin_loss's mean reduction."""
     return (F.multilabel_soft_margin_loss(score_full, label) + F.multilabel_soft_margin_loss(score_half, label)) / 2
 
 
+@fp32
 def gsc_loss(cam, proto_cam, weight, eps=EPS):
     """L_PDW before its factor: mean over (n, every channel, h, w) of w_c |P - Q / (max_hw Q + eps)| (SPEC B3.6)."""
     q = proto_cam / (proto_cam.amax(dim=(2, 3), keepdim=True) + eps)
     return (weight.view(1, -1, 1, 1) * (cam - q).abs()).mean()
 
 
+@fp32
 def cross_scale_loss(cam_full, cam_half, label_bg, weight):
     """L_WDW before its factor: mean over (n, classes 1.., h, w) of w_c |D(P1) y - P2 y|,
     D = bilinear x0.5 with align_corners=True (SPEC B3.6)."""

@@ -8,12 +8,11 @@
 Runs on --num_workers CPU processes; images whose PNG is complete are skipped.
 """
 import multiprocessing as mp
-import os
 
 import numpy as np
 from tqdm import tqdm
 
-from misc import camio
+from misc import camio, distributed
 from misc.dataset import get_dataset
 from misc.imutils import crf_inference_label
 from misc.torchutils import explain_oom
@@ -59,9 +58,11 @@ def run(args):
     ds = get_dataset(args).ImageDataset(args.infer_list, args.dataset_root)
     names = [ds.names[i] for i in camio.unfinished(ds.names, lambda n: camio.label_path(args.ir_label_dir, n),
                                                     camio.is_complete_label, args.ir_skip_existing)]
+    distributed.check_list(len(ds), args.infer_list, '--infer_list')
+    names = distributed.broadcast(names)  # rank 0's view of the work left; each rank then takes its share
     print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(names)} already done, {len(names)} to do; '
           f'F = cam + {args.ir_proto_weight} proto_cam, bg x{args.ir_bg_factor}, CRF t={args.ir_crf_iters}')
-    jobs = [(n, ds.image_path(n), args) for n in names]
+    jobs = [(n, ds.image_path(n), args) for n in distributed.shard(names)]
     if args.num_workers > 1 and len(jobs) > 1:
         with mp.get_context('spawn').Pool(min(args.num_workers, len(jobs))) as pool:
             for _ in tqdm(pool.imap_unordered(_one, jobs, chunksize=4), total=len(jobs), desc='cam_to_ir_label',

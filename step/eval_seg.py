@@ -6,7 +6,6 @@ table reports (VOC val 71.2 / test 72.5 through the server, COCO val 46.8).
 """
 import os
 
-import numpy as np
 from tqdm import tqdm
 
 from misc import camio

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import camio
+from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
-from misc.torchutils import elsewhere, explain_oom, prefetch_loader, prepare_for_inference, run_sharded
+from misc.torchutils import (autocast, check_amp, elsewhere, explain_oom, prefetch_loader, prepare_for_inference,
+                             run_sharded, to_memory_format, use_channels_last)
 from net import resnet50_sfc
 
 
@@ -37,7 +38,8 @@ def load_cam_model(args, device):
     model = resnet50_sfc.CAM(num_classes(args), backbone_width=args.backbone_width, backbone_weights='none',
                              bg_factor=args.sfc_proto_bg_factor)
     resnet50_sfc.load_sfc_weights(model, camio.load_checkpoint(args.sfc_weights), args.sfc_weights)
-    return prepare_for_inference(model, device, args.cam_fold_bn)
+    return prepare_for_inference(model, device, args.cam_fold_bn,
+                                 use_channels_last(args.channels_last, device, inference=True))
 
 
 def cams_of(model, pack, n_cls, size, args, device):
@@ -46,9 +48,11 @@ def cams_of(model, pack, n_cls, size, args, device):
     label = torch.zeros(n_cls, device=device)
     label[torch.as_tensor(keys, device=device)] = 1
     cams, protos = [], []
+    channels_last = use_channels_last(args.channels_last, device, inference=True)
     with torch.inference_mode():
         for img in pack['img']:
-            cam, proto, _ = model(img.to(device, non_blocking=True), label)
+            with autocast(args.amp, device):
+                cam, proto, _ = model(to_memory_format(img.to(device, non_blocking=True), channels_last), label)
             cams.append(cam)
             protos.append(proto)
         kw = dict(eps=args.cam_norm_eps, bg_offset=args.cam_bg_offset, fg_scale=args.cam_fg_scale)
@@ -80,6 +84,8 @@ def _work(rank, indices, device, args):
 def run(args):
     ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels,
                                                     scales=args.cam_scales)
+    check_amp(args.amp, args.device)
+    distributed.check_list(len(ds), args.infer_list, '--infer_list')
     if not os.path.isfile(args.sfc_weights):
         raise FileNotFoundError(f'--sfc_weights {args.sfc_weights} does not exist: run train_sfc first '
                                 f'(--train_sfc_pass True) or point --sfc_weights at a checkpoint')

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import camio
+from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
 from misc.imutils import crf_inference_softmax, voc_palette
-from misc.torchutils import elsewhere, explain_oom, prefetch_loader, run_sharded
+from misc.torchutils import (autocast, check_amp, configure_cudnn, elsewhere, explain_oom, prefetch_loader, run_sharded,
+                             to_memory_format, use_channels_last)
 from net import deeplab
 from net.checkpoint import unwrap_state_dict
 
@@ -41,15 +42,20 @@ def load_seg_model(args, n_classes, device=None):
     model = deeplab.build(n_classes, depth, width, stride_in, rates, msc)
     deeplab.load_weights(model, sd, f'--seg_weights {args.seg_weights}', allow_fresh_head=False)
     model.eval()
-    return (model.to(device) if device is not None else model), norm
+    if device is None:
+        return model, norm
+    configure_cudnn(device, fixed_size=False)
+    return to_memory_format(model.to(device), use_channels_last(args.channels_last, device, inference=True)), norm
 
 
-def predict_logits(model, img, size, scales=(1.0,), flip=False):
-    """img (1,3,h,w) normalised -> (C,H,W) logits at the image size, averaged over scales (and the flip)."""
+def predict_logits(model, img, size, scales=(1.0,), flip=False, amp='none', channels_last=False):
+    """img (1,3,h,w) normalised -> (C,H,W) float32 logits at the image size, averaged over scales (and the flip);
+    the network runs under --amp autocast."""
     acc, n = None, 0
     for s in scales:
         x = img if s == 1.0 else F.interpolate(img, scale_factor=s, mode='bilinear', align_corners=False)
-        out = model(torch.cat([x, x.flip(-1)]) if flip else x)
+        with autocast(amp, img.device):
+            out = model(to_memory_format(torch.cat([x, x.flip(-1)]) if flip else x, channels_last)).float()
         parts = [out[0:1], out[1:2].flip(-1)] if flip else [out]
         for p in parts:
             up = F.interpolate(p, size=size, mode='bilinear', align_corners=False)
@@ -82,7 +88,8 @@ def _work(rank, indices, device, args):
         with explain_oom(f'make_seg, image {name} ({size[0]}x{size[1]})', oom_advice(args, device), device), \
                 torch.inference_mode():
             logits = predict_logits(model, pack['img'][None].to(device, non_blocking=True), size,
-                                    args.seg_test_scales, args.seg_test_flip)
+                                    args.seg_test_scales, args.seg_test_flip, args.amp,
+                                    use_channels_last(args.channels_last, device, inference=True))
             prob = F.softmax(logits, dim=0)
             pred = torch.argmax(prob, dim=0).cpu().numpy().astype(np.uint8)
         if args.seg_crf:
@@ -114,6 +121,8 @@ def export_voc_test(names, seg_dir, out_dir, n_classes):
 def run(args):
     ds_mod = get_dataset(args)
     ds = ds_mod.ImageDataset(args.seg_infer_list, args.seg_infer_root)
+    check_amp(args.amp, args.device)
+    distributed.check_list(len(ds), args.seg_infer_list, '--seg_infer_list')
     if not os.path.isfile(args.seg_weights):
         raise FileNotFoundError(f'--seg_weights {args.seg_weights} does not exist: run train_seg first '
                                 f'(--train_seg_pass True) or point --seg_weights at a checkpoint')
@@ -127,7 +136,9 @@ def run(args):
     if todo:
         run_sharded(_work, args, todo)
     out = {'n_images': len(ds), 'computed': len(todo)}
-    if args.seg_export_voc_test:
+    if args.seg_export_voc_test and distributed.world() > 1:
+        distributed.barrier()  # every rank's predictions are written
+    if args.seg_export_voc_test and distributed.is_main():
         folder, tar_path = export_voc_test(ds.names, args.seg_dir, os.path.join(args.work_dir, camio.VOC_TEST_EXPORT),
                                            num_classes(args))
         print(f'  VOC test-server layout: {folder} ({len(ds)} PNGs); upload {tar_path}')

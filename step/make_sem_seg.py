@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import camio
+from misc import camio, distributed
 from misc.dataset import get_dataset
 from misc.imutils import voc_palette
 from misc.indexing import propagate, transition_matrix_sparse
-from misc.torchutils import elsewhere, explain_oom, prefetch_loader, prepare_for_inference, run_sharded
+from misc.torchutils import (autocast, check_amp, elsewhere, explain_oom, fp32, prefetch_loader, prepare_for_inference,
+                             run_sharded, to_memory_format, use_channels_last)
 from net import resnet50_irn
 
 
+@fp32
 def pseudo_label(cams, edge, size, args):
     """cams: dict keys/cam/proto_cam (K,H,W); edge (1,h4,w4) tensor -> (H,W) uint8 class ids."""
     keys = cams['keys']
@@ -57,7 +59,8 @@ def load_edge_model(args, device):
     model = resnet50_irn.EdgeDisplacement(crop_size=args.irn_crop_size_infer, stride=4,
                                           backbone_width=args.backbone_width, backbone_weights='none')
     resnet50_irn.load_irn_weights(model, camio.load_checkpoint(args.irn_weights), args.irn_weights)
-    return prepare_for_inference(model, device, args.cam_fold_bn)
+    return prepare_for_inference(model, device, args.cam_fold_bn,
+                                 use_channels_last(args.channels_last, device, inference=True))
 
 
 def _work(rank, indices, device, args):
@@ -73,7 +76,9 @@ def _work(rank, indices, device, args):
             raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {size}')
         with explain_oom(f'make_sem_seg, image {name} ({size[0]}x{size[1]}, {len(cams["keys"])} channels)',
                          oom_advice(device), device), torch.inference_mode():
-            edge, _ = model(pack['img'][0].to(device, non_blocking=True))
+            with autocast(args.amp, device):
+                edge, _ = model(to_memory_format(pack['img'][0].to(device, non_blocking=True),
+                                                 use_channels_last(args.channels_last, device, inference=True)))
             lab = pseudo_label(cams, edge, size, args)
         camio.write_label(camio.label_path(args.sem_seg_palette_dir, name), lab, palette)
         camio.write_label(camio.label_path(args.sem_seg_dir, name), lab)  # last: its presence marks completion
@@ -81,6 +86,8 @@ def _work(rank, indices, device, args):
 
 def run(args):
     ds = get_dataset(args).ImageDataset(args.infer_list, args.dataset_root)
+    check_amp(args.amp, args.device)
+    distributed.check_list(len(ds), args.infer_list, '--infer_list')
     if not os.path.isfile(args.irn_weights):
         raise FileNotFoundError(f'--irn_weights {args.irn_weights} does not exist: run train_irn first '
                                 f'(--train_irn_pass True) or point --irn_weights at a checkpoint')

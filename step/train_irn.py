@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from misc import camio, imutils
+from misc import camio, distributed, imutils
 from misc.dataset import get_dataset, num_classes
 from misc.indexing import PathIndex
 from misc.pyutils import AverageMeter, ScalarLog, format_seconds
-from misc.torchutils import PolyOptimizer, explain_oom, set_seed
-from misc.trainutils import epoch_batches, epoch_order, load_resume_state, schedule
+from misc.torchutils import (PolyOptimizer, autocast, check_amp, configure_cudnn, explain_oom, grad_scaler, set_seed,
+                             to_memory_format, use_channels_last)
+from misc.trainutils import DataWait, epoch_order, load_resume_state, schedule, step_loader
 from net import resnet50 as resnet
 from net import resnet50_irn
 
@@ -37,6 +38,8 @@ def affinity_labels_torch(reduced, src, dst, n_classes):
 def run(args):
     device = torch.device(args.device)
     set_seed(args.seed, args.deterministic)
+    check_amp(args.amp, device)
+    configure_cudnn(device, fixed_size=True, deterministic=args.deterministic)
     ds_mod = get_dataset(args)
     crop = args.irn_crop_size
     ds = ds_mod.AffinityDataset(args.train_list, args.dataset_root, args.ir_label_dir, crop,
@@ -51,6 +54,7 @@ def run(args):
           f'{len(path_index.search_dst)} directions, {len(path_index.src_indices)} sources')
 
     model = resnet50_irn.Net(args.backbone_width, args.backbone_weights).to(device)
+    model = to_memory_format(model, use_channels_last(args.channels_last, device))
     edge_p, dp_p = model.trainable_parameters()
     optimizer = PolyOptimizer([{'params': edge_p, 'lr': args.irn_lr, 'weight_decay': args.irn_weight_decay},
                                {'params': dp_p, 'lr': args.irn_lr * args.irn_dp_lr_mult,
@@ -71,17 +75,23 @@ def run(args):
         print(f'  random initialisation: calibrated {resnet.calibrate(model.resnet50, img)} BatchNorm layers '
               f'on {len(order)} training crops')
 
-    def save_state(step):
+    main = distributed.is_main()
+
+    def save_state(step):  # the same on every rank; rank 0 writes it
+        if not main:
+            return
         camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
                                'max_step': max_step}, resume_path)
 
     scalars = ScalarLog(camio.scalars_path(args.metrics_dir, 'train_irn'), step,
-                        camio.tensorboard_dir(args.work_dir, 'train_irn') if args.tensorboard else None)
+                        camio.tensorboard_dir(args.work_dir, 'train_irn') if args.tensorboard else None, enabled=main)
     try:
         step = train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max_step, save_state,
                           resume_path, scalars, device)
     finally:
         scalars.close()
+    if not main:
+        return {'steps': step}
     if args.irn_dp_mean:
         dp_mean(model, args, ds_mod, device)
     out = os.path.join(args.ckpt_dir, camio.IRN_WEIGHTS)
@@ -94,56 +104,70 @@ def train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max
                scalars, device):
     """Steps step..max_step (SPEC B7.3); returns the last step."""
     B, crop, n_cls = args.irn_batch_size, args.irn_crop_size, num_classes(args)
-    steps_per_epoch = len(ds) // B
+    rank, world = distributed.rank(), distributed.world()
+    distributed.split_batch(B, '--irn_batch_size')
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     mb = args.irn_micro_batch if args.irn_micro_batch > 0 else B
     meter = AverageMeter()
     t0, start = time.time(), step
+    scaler = grad_scaler(args.amp, device)
+    channels_last = use_channels_last(args.channels_last, device)
+    batches = DataWait(step_loader(ds, start, max_step, B, args.seed, args.num_workers, device, rank, world))
     pbar = tqdm(total=max_step, initial=step, desc='train_irn', dynamic_ncols=True, mininterval=5)
-    while step < max_step:
-        for pack in epoch_batches(ds, step, steps_per_epoch, B, args.seed, args.num_workers, device):
-            img = pack['img'].to(device, non_blocking=True)
-            labels = affinity_labels_torch(pack['reduced_label'].to(device), src, dst, n_cls)
-            with explain_oom(f'train_irn, step {step} ({img.shape[0]} crops of {crop}x{crop})',
-                             f'Lower --irn_micro_batch (now {mb}; the gradients do not change). Re-running resumes '
-                             f'from {resume_path}.', device):
-                losses = accumulate_gradients(model, img, labels, inds, path_index, mb, optimizer)
-            if not torch.isfinite(losses['total']):
-                raise FloatingPointError(f'train_irn: non-finite loss at step {step}; the last good state stays in '
-                                         f'{resume_path}. Lower --irn_lr.')
-            optimizer.step()
-            meter.add({k: losses[k].item() for k in ('pos', 'neg', 'dp_fg', 'dp_bg')})
-            step += 1
-            scalars.add(step, **{f'loss/{k}': losses[k] for k in ('pos', 'neg', 'dp_fg', 'dp_bg')},
-                        lr=optimizer.param_groups[0]['lr'])
-            pbar.update(1)
-            if (step - 1) % args.irn_print_freq == 0 or step == max_step:
-                rate = (step - start) / max(time.time() - t0, 1e-9)
-                pbar.write(f'step {step - 1:5d}/{max_step}  L_pos {meter.pop("pos"):.4f}  L_neg {meter.pop("neg"):.4f}  '
-                           f'L_dp_fg {meter.pop("dp_fg"):.4f}  L_dp_bg {meter.pop("dp_bg"):.4f}  '
-                           f'lr {optimizer.param_groups[0]["lr"]:.4g}  ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
-            if step % args.irn_ckpt_freq == 0:
-                save_state(step)
-            if step >= max_step:
-                break
+    for step in range(start, max_step):
+        pack = batches.next()
+        img = to_memory_format(pack['img'].to(device, non_blocking=True), channels_last)
+        labels = affinity_labels_torch(pack['reduced_label'].to(device), src, dst, n_cls)
+        with explain_oom(f'train_irn, step {step} ({img.shape[0]} crops of {crop}x{crop})',
+                         f'Lower --irn_micro_batch (now {mb}; the gradients do not change). Re-running resumes '
+                         f'from {resume_path}.', device):
+            losses = accumulate_gradients(model, img, labels, inds, path_index, mb, optimizer, args.amp, scaler)
+        distributed.sum_gradients(params)
+        losses = {k: distributed.all_reduce_sum(v) for k, v in losses.items()}
+        if not torch.isfinite(losses['total']):
+            raise FloatingPointError(f'train_irn: non-finite loss at step {step}; the last good state stays in '
+                                     f'{resume_path}. Lower --irn_lr.')
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.global_step = step + 1
+        wait, took = batches.lap()
+        meter.add({**{k: losses[k].item() for k in ('pos', 'neg', 'dp_fg', 'dp_bg')}, 'wait': wait, 'took': took})
+        step += 1
+        scalars.add(step, **{f'loss/{k}': losses[k] for k in ('pos', 'neg', 'dp_fg', 'dp_bg')},
+                    lr=optimizer.param_groups[0]['lr'], **{'time/data_wait': wait, 'time/step': took})
+        pbar.update(1)
+        if (step - 1) % args.irn_print_freq == 0 or step == max_step:
+            rate = (step - start) / max(time.time() - t0, 1e-9)
+            wait, took = meter.pop('wait'), meter.pop('took')
+            pbar.write(f'step {step - 1:5d}/{max_step}  L_pos {meter.pop("pos"):.4f}  L_neg {meter.pop("neg"):.4f}  '
+                       f'L_dp_fg {meter.pop("dp_fg"):.4f}  L_dp_bg {meter.pop("dp_bg"):.4f}  '
+                       f'lr {optimizer.param_groups[0]["lr"]:.4g}  data wait {1000 * wait:.0f} ms of '
+                       f'{1000 * took:.0f} ms/step  ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
+        if step % args.irn_ckpt_freq == 0:
+            save_state(step)
     pbar.close()
+    step = max(start, max_step)
     save_state(step)
     return step
 
 
-def accumulate_gradients(model, img, labels, inds, path_index, micro_batch, optimizer):
+def accumulate_gradients(model, img, labels, inds, path_index, micro_batch, optimizer, amp='none', scaler=None):
     """Forward/backward the batch in micro-batches with the whole batch's label counts as denominators:
     the same loss and gradients as one pass (GroupNorm and the frozen BN are per-sample), with the heads'
-    activations held for `micro_batch` images only. Returns the full-batch loss terms (detached)."""
-    counts = resnet50_irn.label_counts(*labels)
+    activations held for `micro_batch` images only. Under --amp the network runs in autocast and the losses
+    in float32. Under torchrun the counts are summed over the ranks, so each rank's terms are its share of the
+    global batch's. Returns this rank's share of the loss terms (detached)."""
+    counts = {k: distributed.all_reduce_sum(v) for k, v in resnet50_irn.label_counts(*labels).items()}
     optimizer.zero_grad(set_to_none=True)
     total = {}
     for i in range(0, img.shape[0], micro_batch):
         sl = slice(i, i + micro_batch)
-        edge_out, dp_out = model(img[sl])
+        with autocast(amp, img.device):
+            edge_out, dp_out = model(img[sl])
         terms = resnet50_irn.irn_training_loss(edge_out, dp_out, inds, path_index.search_dst, path_index.radius_floor,
                                                *(t[sl] for t in labels), counts=counts)
-        terms['total'].backward()
+        (scaler.scale(terms['total']) if scaler is not None else terms['total']).backward()
         for k, v in terms.items():
             total[k] = total.get(k, 0.0) + v.detach()
     return total

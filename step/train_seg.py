@@ -15,11 +15,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from misc import camio
+from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
 from misc.pyutils import AverageMeter, ScalarLog, format_seconds
-from misc.torchutils import PolyOptimizer, explain_oom, set_seed
-from misc.trainutils import epoch_batches, epoch_order, load_resume_state, schedule
+from misc.torchutils import (PolyOptimizer, autocast, check_amp, configure_cudnn, explain_oom, grad_scaler, set_seed,
+                             to_memory_format, use_channels_last)
+from misc.trainutils import DataWait, epoch_order, load_resume_state, schedule, step_loader
 from net import deeplab, seg_loss
 from net.resnet50 import calibrating_batchnorm
 
@@ -68,22 +69,24 @@ def optimizer_for(model, args, max_step):
                          power=args.seg_poly_power, decay_every=args.seg_lr_decay_every)
 
 
-def seg_step_gradients(model, img, label, kind, iter_size=1, micro_batch=0):
+def seg_step_gradients(model, img, label, kind, iter_size=1, micro_batch=0, amp='none', scaler=None):
     """Accumulate the gradients of one accumulation step: sum over the MSC outputs of the loss against the labels
     resized to each output, divided by iter_size, forward/backward in micro-batches with the whole step's pixel
-    counts as denominators (the same gradients as one pass). Returns the step's loss (detached)."""
+    counts as denominators (the same gradients as one pass). Under --amp the network runs in autocast and the
+    losses in float32 (`scaler` scales them for fp16). Returns the step's loss (detached)."""
     n = img.shape[0]
     mb = micro_batch if micro_batch > 0 else n
     labels = dens = None
     total = torch.zeros((), device=img.device)
     for i in range(0, n, mb):
-        outs = model(img[i:i + mb])
+        with autocast(amp, img.device):
+            outs = model(img[i:i + mb])
         if labels is None:  # all crops share a size, so the first micro-batch tells every output's size
             labels = [seg_loss.resize_labels(label, o.shape[2:]) for o in outs]
-            dens = [seg_loss.denominators(lab, kind) for lab in labels]
+            dens = [distributed.all_reduce_sum(seg_loss.denominators(lab, kind)) for lab in labels]  # all ranks
         loss = sum(seg_loss.output_loss(o, lab[i:i + mb], d, kind) for o, lab, d in zip(outs, labels, dens))
         loss = loss / iter_size
-        loss.backward()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         total = total + loss.detach()
     return total
 
@@ -100,6 +103,8 @@ def calibrate(model, ds, device, n_images, seed):
 def run(args):
     device = torch.device(args.device)
     set_seed(args.seed, args.deterministic)
+    check_amp(args.amp, device)
+    configure_cudnn(device, fixed_size=True, deterministic=args.deterministic)
     ds_mod = get_dataset(args)
     n_cls = num_classes(args)
     model, norm = build_model(args, n_cls)
@@ -108,12 +113,12 @@ def run(args):
                                     args.seg_scales, args.seg_scale_mode, args.seg_base_size or None,
                                     args.seg_hor_flip, norm, args.seed)
     B, A, max_step = args.seg_batch_size, args.seg_iter_size, args.seg_iters
-    loader_steps, _ = schedule(len(ds), B, 1, args.seg_train_list, '--seg_batch_size')
+    schedule(len(ds), B, 1, args.seg_train_list, '--seg_batch_size')  # stops on a list shorter than a batch
     print(f'  {len(ds)} images with pseudo masks from {args.seg_label_dir}; {max_step} updates of {A} x {B} crops '
           f'of {args.seg_crop_size} ({max_step * A * B / len(ds):.1f} epochs); scales {args.seg_scales} '
           f'({args.seg_scale_mode}), {args.seg_loss} CE, lr {args.seg_lr} (x{args.seg_head_lr_mult:g} / '
           f'x{args.seg_head_bias_lr_mult:g} head), momentum {args.seg_momentum}')
-    model.to(device)
+    model = to_memory_format(model.to(device), use_channels_last(args.channels_last, device))
     optimizer = optimizer_for(model, args, max_step)
     resume_path = os.path.join(args.ckpt_dir, camio.SEG_RESUME)
     step = 0
@@ -126,64 +131,77 @@ def run(args):
     elif args.seg_init == 'none' and args.seg_calibrate_bn:
         calibrate(model, ds, device, max(B, 8), args.seed)
 
-    def save_state(step):
+    main = distributed.is_main()
+
+    def save_state(step):  # the same on every rank; rank 0 writes it
+        if not main:
+            return
         camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
                                'max_step': max_step}, resume_path)
 
     scalars = ScalarLog(camio.scalars_path(args.metrics_dir, 'train_seg'), step,
-                        camio.tensorboard_dir(args.work_dir, 'train_seg') if args.tensorboard else None)
+                        camio.tensorboard_dir(args.work_dir, 'train_seg') if args.tensorboard else None, enabled=main)
     try:
-        step = train_loop(args, model, optimizer, ds, loader_steps, step, max_step, save_state, resume_path,
+        step = train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_path,
                           scalars, device)
     finally:
         scalars.close()
     out = os.path.join(args.ckpt_dir, camio.SEG_WEIGHTS)
+    if not main:
+        return {'steps': step, 'weights': out}
     camio.save_checkpoint({'net': model.state_dict(), 'meta': deeplab.checkpoint_meta(model, norm)}, out)
     print(f'  wrote {out} (final weights of update {step}; no selection on GT)')
     return {'steps': step, 'weights': out}
 
 
-def loader_stream(ds, position, loader_steps, B, seed, num_workers, device):
-    """Batches from loader position `position` on, epoch after epoch (each epoch's order a function of the seed)."""
-    while True:
-        for pack in epoch_batches(ds, position, loader_steps, B, seed, num_workers, device):
-            yield pack
-            position += 1
-
-
-def train_loop(args, model, optimizer, ds, loader_steps, step, max_step, save_state, resume_path, scalars, device):
+def train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_path, scalars, device):
     B, A = args.seg_batch_size, args.seg_iter_size
+    rank, world = distributed.rank(), distributed.world()
+    distributed.split_batch(B, '--seg_batch_size')
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     meter = AverageMeter()
     t0, start = time.time(), step
-    batches = loader_stream(ds, step * A, loader_steps, B, args.seed, args.num_workers, device)
+    scaler = grad_scaler(args.amp, device)
+    channels_last = use_channels_last(args.channels_last, device)
+    batches = DataWait(step_loader(ds, start * A, max_step * A, B, args.seed, args.num_workers, device, rank, world))
     pbar = tqdm(total=max_step, initial=step, desc='train_seg', dynamic_ncols=True, mininterval=5)
-    while step < max_step:
+    for step in range(start, max_step):
         optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=device)
         for _ in range(A):
-            pack = next(batches)
-            img = pack['img'].to(device, non_blocking=True)
+            pack = batches.next()
+            img = to_memory_format(pack['img'].to(device, non_blocking=True), channels_last)
             label = pack['label'].to(device, non_blocking=True)
             with explain_oom(f'train_seg, update {step} ({img.shape[0]} crops of {args.seg_crop_size})',
                              f'Lower --seg_micro_batch (now {args.seg_micro_batch or B}; the gradients do not '
                              f'change). Re-running resumes from {resume_path}.', device):
-                loss = loss + seg_step_gradients(model, img, label, args.seg_loss, A, args.seg_micro_batch)
+                loss = loss + seg_step_gradients(model, img, label, args.seg_loss, A, args.seg_micro_batch, args.amp,
+                                                 scaler)
+        distributed.sum_gradients(params)
+        loss = distributed.all_reduce_sum(loss)
         if not torch.isfinite(loss):
             raise FloatingPointError(f'train_seg: non-finite loss at update {step}; the last good state stays in '
                                      f'{resume_path}. Lower --seg_lr, or use --seg_loss balanced with ImageNet init.')
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.global_step = step + 1
+        wait, took = batches.lap()
         step += 1
-        meter.add({'loss': loss.item()})
-        scalars.add(step, **{'loss/seg': loss, 'lr': optimizer.param_groups[0]['lr']})
+        meter.add({'loss': loss.item(), 'wait': wait, 'took': took})
+        scalars.add(step, **{'loss/seg': loss, 'lr': optimizer.param_groups[0]['lr'], 'time/data_wait': wait,
+                             'time/step': took})
         pbar.update(1)
         if (step - 1) % args.seg_print_freq == 0 or step == max_step:
             rate = (step - start) / max(time.time() - t0, 1e-9)
+            wait, took = meter.pop('wait'), meter.pop('took')
             pbar.write(f'update {step - 1:6d}/{max_step}  loss {meter.pop("loss"):.4f}  '
-                       f'lr {optimizer.param_groups[0]["lr"]:.4g}  {rate * A * B:.1f} img/s  '
+                       f'lr {optimizer.param_groups[0]["lr"]:.4g}  {rate * A * B:.1f} img/s  data wait '
+                       f'{1000 * wait:.0f} ms of {1000 * took:.0f} ms/update  '
                        f'ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
         if step % args.seg_ckpt_freq == 0:
             save_state(step)
     pbar.close()
+    step = max(start, max_step)
     save_state(step)
     return step

@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from misc import camio
+from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
 from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
 from misc.pyutils import AverageMeter, ScalarLog, format_seconds, format_table
-from misc.torchutils import PolyOptimizer, explain_oom, set_seed
-from misc.trainutils import epoch_batches, epoch_order, load_resume_state, schedule
+from misc.torchutils import (PolyOptimizer, autocast, check_amp, configure_cudnn, explain_oom, grad_scaler, set_seed,
+                             to_memory_format, use_channels_last)
+from misc.trainutils import DataWait, epoch_order, load_resume_state, schedule, step_loader
 from net import resnet50_sfc, sfc_loss
 from net import resnet50 as resnet
 
@@ -38,23 +39,28 @@ def stride_masks(valid, label, size):
     return torch.cat([m, m * label[:, :, None, None]], dim=1)
 
 
-def sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer):
+def sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer, scaler=None, n_total=None):
     """Gradients of L = L_cls + 1.6 L_PDW + 0.8 L_WDW for the batch (SPEC B3.5 steps 5-8), computed in
     micro-batches of --sfc_micro_batch images: every loss is a mean over the batch and every operation
     per-sample (frozen BN, PCM, prototype), so each chunk contributes its mean x (chunk size / batch size)
-    and the accumulated gradient is the whole batch's. Returns the batch's loss terms (detached)."""
-    n = img.shape[0]
+    and the accumulated gradient is the whole batch's. Under --amp the network runs in autocast and the
+    losses in float32; `scaler` scales them for fp16. Under torchrun `img` is this rank's slice of a global
+    batch of n_total images: each chunk still weighs chunk / n_total, and the ranks' gradients are summed.
+    Returns this slice's share of the batch's loss terms (detached)."""
+    n = n_total or img.shape[0]
     mb = args.sfc_micro_batch if args.sfc_micro_batch > 0 else n
+    amp = getattr(args, 'amp', 'none')
     optimizer.zero_grad(set_to_none=True)
     zero = torch.zeros((), device=img.device)
     total = {'cls': zero, 'pdw': zero, 'wdw': zero}
-    for i in range(0, n, mb):
-        sl = slice(i, min(i + mb, n))
+    for i in range(0, img.shape[0], mb):
+        sl = slice(i, min(i + mb, img.shape[0]))
         frac = (sl.stop - sl.start) / n
         x = img[sl]
         x2 = F.interpolate(x, scale_factor=args.sfc_half_scale, mode='bilinear', align_corners=True)
-        out1 = model(x, stride_masks(valid[sl], label[sl], s1))
-        out2 = model(x2, stride_masks(valid[sl], label[sl], s2))
+        with autocast(amp, img.device):
+            out1 = model(x, stride_masks(valid[sl], label[sl], s1))
+            out2 = model(x2, stride_masks(valid[sl], label[sl], s2))
         y = label[sl, :, None, None]
         y_bg = torch.cat([torch.ones_like(y[:, :1]), y], dim=1)
         terms = {'cls': sfc_loss.classification_loss(out1['score'], out2['score'], y) * frac,
@@ -62,7 +68,8 @@ def sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer):
                          if args.sfc_pdw else zero),
                  'wdw': (args.sfc_wdw_weight * sfc_loss.cross_scale_loss(out1['cam'], out2['cam'], y_bg, w_ch) * frac
                          if args.sfc_wdw else zero)}
-        (terms['cls'] + terms['pdw'] + terms['wdw']).backward()
+        loss = terms['cls'] + terms['pdw'] + terms['wdw']
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         total = {k: total[k] + v.detach() for k, v in terms.items()}
     return total
 
@@ -88,23 +95,32 @@ def build_model(args, device):
     return model.to(device)
 
 
-def validate(model, dataset, device, eps=1e-5):
+def validate(model, dataset, device, eps=1e-5, amp='none'):
     """Scores (misc.metrics) of the PCM CAM and the prototype CAM on full images with GT (SPEC B3.9)."""
     ds_mod = get_dataset(dataset.layout.name)
     n_cls = dataset.layout.n_cat() + 1
     confs = {'cam': ConfusionMatrix(n_cls), 'proto_cam': ConfusionMatrix(n_cls)}
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False  # images of every size
+    try:
+        _validate(model, dataset, device, eps, amp, ds_mod, confs)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    return {k: c.scores() for k, c in confs.items()}
+
+
+def _validate(model, dataset, device, eps, amp, ds_mod, confs):
     with torch.no_grad():
         for i in range(len(dataset)):
             pack = dataset[i]
             img = torch.from_numpy(pack['img'])[None].to(device)
             label = torch.cat([torch.ones(1), torch.from_numpy(pack['label'])]).to(device).view(1, -1, 1, 1)
-            out = model(img, label)
+            with autocast(amp, device):
+                out = model(img, label)
             gt = ds_mod.load_gt(dataset.root, pack['name'], dataset.layout)
             for k, conf in confs.items():
                 up = F.interpolate(out[k], size=gt.shape, mode='bilinear', align_corners=False)[0]
                 up = up / (up.amax(dim=(1, 2), keepdim=True) + eps)
                 conf.update(gt, up.argmax(0).cpu().numpy(), pack['name'])
-    return {k: c.scores() for k, c in confs.items()}
 
 
 def validation_table(scores, class_names):
@@ -118,6 +134,8 @@ def validation_table(scores, class_names):
 def run(args):
     device = torch.device(args.device)
     set_seed(args.seed, args.deterministic)
+    check_amp(args.amp, device)
+    configure_cudnn(device, fixed_size=True, deterministic=args.deterministic)
     ds_mod = get_dataset(args)
     crop = args.sfc_crop_size
     if crop % 32:
@@ -138,6 +156,8 @@ def run(args):
           f'DC weights={args.sfc_dc_weights}')
 
     model = build_model(args, device)
+    channels_last = use_channels_last(args.channels_last, device)
+    model = to_memory_format(model, channels_last)
     backbone, new = model.trainable_parameters()
     optimizer = PolyOptimizer(
         [{'params': backbone, 'lr': args.sfc_lr, 'weight_decay': args.sfc_weight_decay},
@@ -170,18 +190,23 @@ def run(args):
     elif args.backbone_weights == 'none' and args.sfc_calibrate_bn:
         calibrate(model, train_ds, device, args)
 
-    def save_state(step, best):
-        camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
-                               'max_step': max_step, 'bank': bank.state_dict() if bank is not None else None,
-                               'bank_rng': bank_gen.get_state(), 'best': best}, resume_path)
+    main = distributed.is_main()
+
+    def save_state(step, best):  # the same on every rank; rank 0 writes it
+        if main:
+            camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
+                                   'max_step': max_step, 'bank': bank.state_dict() if bank is not None else None,
+                                   'bank_rng': bank_gen.get_state(), 'best': best}, resume_path)
 
     scalars = ScalarLog(camio.scalars_path(args.metrics_dir, 'train_sfc'), start,
-                        camio.tensorboard_dir(args.work_dir, 'train_sfc') if args.tensorboard else None)
+                        camio.tensorboard_dir(args.work_dir, 'train_sfc') if args.tensorboard else None, enabled=main)
     try:
         step, best = train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, start, max_step,
                                 best, save_state, resume_path, scalars, device)
     finally:
         scalars.close()
+    if not main:
+        return {'steps': step, 'best': best, 'weights': None}
     camio.save_checkpoint({'net': model.state_dict()}, os.path.join(ckpt, camio.SFC_FINAL))
     chosen = camio.SFC_FINAL
     if val_ds is not None and best['step'] is not None:
@@ -197,60 +222,74 @@ def train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, s
                resume_path, scalars, device):
     """Steps start..max_step (SPEC B3.5); returns (last step, best-on-GT record)."""
     B, crop, ckpt = args.sfc_batch_size, args.sfc_crop_size, args.ckpt_dir
-    steps_per_epoch = len(train_ds) // B
+    rank, world, main = distributed.rank(), distributed.world(), distributed.is_main()
+    n_total = B + (args.sfc_bank_samples if bank is not None else 0)
+    per_rank = distributed.split_batch(n_total, '--sfc_batch_size (+ --sfc_bank_samples)')
+    distributed.split_batch(B, '--sfc_batch_size')
+    params = [p for p in model.parameters() if p.requires_grad]
     meter = AverageMeter()
     t0 = time.time()
     s1, s2 = crop // 16, int(round(crop * args.sfc_half_scale)) // 16
-    step = start
+    scaler = grad_scaler(args.amp, device)
+    channels_last = use_channels_last(args.channels_last, device)
+    batches = DataWait(step_loader(train_ds, start, max_step, B, args.seed, args.num_workers, device, rank, world))
     pbar = tqdm(total=max_step, initial=start, desc='train_sfc', dynamic_ncols=True, mininterval=5)
-    while step < max_step:
-        for pack in epoch_batches(train_ds, step, steps_per_epoch, B, args.seed, args.num_workers, device):
-            img = pack['img'].to(device, non_blocking=True)
-            valid = pack['valid_mask'].to(device, non_blocking=True)
-            label = pack['label'].to(device, non_blocking=True)
-            if bank is not None:
-                bank.update(img, valid, label)
-                b_img, b_mask, b_label = bank.sample(args.sfc_bank_samples, bank_gen)
-                img, valid, label = torch.cat([img, b_img]), torch.cat([valid, b_mask]), torch.cat([label, b_label])
-            with explain_oom(f'train_sfc, step {step} ({img.shape[0]} crops of {crop}x{crop})',
-                             f'Lower --sfc_micro_batch (now {args.sfc_micro_batch or img.shape[0]}; the gradients do not '
-                             f'change). Re-running resumes from {resume_path}.', device):
-                losses = sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer)
-            loss_cls, loss_pdw, loss_wdw = losses['cls'], losses['pdw'], losses['wdw']
-            if not torch.isfinite(loss_cls + loss_pdw + loss_wdw):
-                raise FloatingPointError(
-                    f'train_sfc: non-finite loss at step {step} (cls {loss_cls.item():.4g}, pdw {loss_pdw.item():.4g}, '
-                    f'wdw {loss_wdw.item():.4g}); the last good state stays in {resume_path}. Lower --sfc_lr.')
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.sfc_grad_clip)
-            optimizer.step()
-            meter.add({'cls': loss_cls.item(), 'pdw': loss_pdw.item(), 'wdw': loss_wdw.item()})
-            step += 1
-            scalars.add(step, **{'loss/cls': loss_cls, 'loss/pdw': loss_pdw, 'loss/wdw': loss_wdw,
-                                 'lr': optimizer.param_groups[0]['lr']})
-            pbar.update(1)
-            if (step - 1) % args.sfc_print_freq == 0 or step == max_step:
-                el = time.time() - t0
-                rate = (step - start) / max(el, 1e-9)
-                pbar.write(f'step {step - 1:5d}/{max_step}  lossCLS {meter.pop("cls"):.4f}  L_PDW {meter.pop("pdw"):.4f}  '
-                           f'L_WDW {meter.pop("wdw"):.4f}  lr {optimizer.param_groups[0]["lr"]:.4g}  '
-                           f'{rate * B:.1f} img/s  ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
-            if val_ds is not None and (step - 1) % args.sfc_val_freq == 0 and step > args.sfc_val_min_step:
-                scores = validate(model, val_ds, device)
-                miou = {k: v['miou'] for k, v in scores.items()}
-                score = miou['cam'] + miou['proto_cam']
-                pbar.write(f'  validation (GT) at step {step}: mIoU cam {miou["cam"]:.4f}  proto_cam '
-                           f'{miou["proto_cam"]:.4f}  sum {score:.4f}' + ('  <- best' if score > best['score'] else ''))
-                pbar.write(validation_table(scores, train_ds.layout.class_names()))
-                scalars.add(step, **{'val/miou_cam': miou['cam'], 'val/miou_proto_cam': miou['proto_cam']})
-                if score > best['score']:
-                    best = {'score': score, 'step': step, 'cam': miou['cam'], 'proto_cam': miou['proto_cam']}
-                    camio.save_checkpoint({'net': model.state_dict()}, os.path.join(ckpt, camio.SFC_BEST_GT))
-                save_state(step, best)
-            elif step % args.sfc_ckpt_freq == 0:
-                save_state(step, best)
-            if step >= max_step:
-                break
+    for step in range(start, max_step):
+        pack = batches.next()
+        img = to_memory_format(pack['img'].to(device, non_blocking=True), channels_last)
+        valid = pack['valid_mask'].to(device, non_blocking=True)
+        label = pack['label'].to(device, non_blocking=True)
+        if bank is not None:  # every rank updates and samples the same bank from the whole batch
+            img, valid, label = (distributed.all_gather_cat(t) for t in (img, valid, label))
+            bank.update(img, valid, label)
+            b_img, b_mask, b_label = bank.sample(args.sfc_bank_samples, bank_gen)
+            mine = slice(rank * per_rank, (rank + 1) * per_rank)
+            img, valid, label = (torch.cat(pair)[mine] for pair in ((img, b_img), (valid, b_mask), (label, b_label)))
+        with explain_oom(f'train_sfc, step {step} ({img.shape[0]} crops of {crop}x{crop})',
+                         f'Lower --sfc_micro_batch (now {args.sfc_micro_batch or img.shape[0]}; the gradients do not '
+                         f'change). Re-running resumes from {resume_path}.', device):
+            losses = sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer, scaler, n_total)
+        distributed.sum_gradients(params)
+        losses = {k: distributed.all_reduce_sum(v) for k, v in losses.items()}
+        loss_cls, loss_pdw, loss_wdw = losses['cls'], losses['pdw'], losses['wdw']
+        if not torch.isfinite(loss_cls + loss_pdw + loss_wdw):
+            raise FloatingPointError(
+                f'train_sfc: non-finite loss at step {step} (cls {loss_cls.item():.4g}, pdw {loss_pdw.item():.4g}, '
+                f'wdw {loss_wdw.item():.4g}); the last good state stays in {resume_path}. Lower --sfc_lr.')
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.sfc_grad_clip)
+        scaler.step(optimizer)  # optimizer.step(), skipped by fp16 loss scaling on inf/NaN gradients
+        scaler.update()
+        optimizer.global_step = step + 1  # the poly schedule follows the step even where fp16 skipped one
+        wait, took = batches.lap()
+        meter.add({'cls': loss_cls.item(), 'pdw': loss_pdw.item(), 'wdw': loss_wdw.item(), 'wait': wait, 'took': took})
+        step += 1
+        scalars.add(step, **{'loss/cls': loss_cls, 'loss/pdw': loss_pdw, 'loss/wdw': loss_wdw,
+                             'lr': optimizer.param_groups[0]['lr'], 'time/data_wait': wait, 'time/step': took})
+        pbar.update(1)
+        if (step - 1) % args.sfc_print_freq == 0 or step == max_step:
+            rate = (step - start) / max(time.time() - t0, 1e-9)
+            wait, took = meter.pop('wait'), meter.pop('took')
+            pbar.write(f'step {step - 1:5d}/{max_step}  lossCLS {meter.pop("cls"):.4f}  L_PDW {meter.pop("pdw"):.4f}  '
+                       f'L_WDW {meter.pop("wdw"):.4f}  lr {optimizer.param_groups[0]["lr"]:.4g}  '
+                       f'{rate * B:.1f} img/s  data wait {1000 * wait:.0f} ms of {1000 * took:.0f} ms/step  '
+                       f'ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
+        if val_ds is not None and main and (step - 1) % args.sfc_val_freq == 0 and step > args.sfc_val_min_step:
+            scores = validate(model, val_ds, device, amp=args.amp)
+            miou = {k: v['miou'] for k, v in scores.items()}
+            score = miou['cam'] + miou['proto_cam']
+            pbar.write(f'  validation (GT) at step {step}: mIoU cam {miou["cam"]:.4f}  proto_cam '
+                       f'{miou["proto_cam"]:.4f}  sum {score:.4f}' + ('  <- best' if score > best['score'] else ''))
+            pbar.write(validation_table(scores, train_ds.layout.class_names()))
+            scalars.add(step, **{'val/miou_cam': miou['cam'], 'val/miou_proto_cam': miou['proto_cam']})
+            if score > best['score']:
+                best = {'score': score, 'step': step, 'cam': miou['cam'], 'proto_cam': miou['proto_cam']}
+                camio.save_checkpoint({'net': model.state_dict()}, os.path.join(ckpt, camio.SFC_BEST_GT))
+            save_state(step, best)
+        elif step % args.sfc_ckpt_freq == 0:
+            save_state(step, best)
     pbar.close()
+    step = max(start, max_step)
     save_state(step, best)
     return step, best
 

@@ -77,11 +77,10 @@ def test_run_coco_sh_end_to_end(tiny_coco, tmp_path):
     import shutil
     shutil.copytree(tiny_coco['meta'], os.path.join(work, 'meta'))
     env = dict(os.environ, COCO14_ROOT=tiny_coco['root'], WORK_DIR=work, DEVICE='cpu', NUM_WORKERS='0',
-               BACKBONE_WEIGHTS='none', SEG_INIT='none',
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
+               BACKBONE_WEIGHTS='none', SEG_INIT='none', PYTHON=sys.executable)  # PYTHON= names the interpreter
     from tests.test_scripts import SEG_SMALL
     small = ['--backbone_width', '8', '--sfc_crop_size', '64', '--sfc_batch_size', '4', '--sfc_num_epoches', '1',
-             '--sfc_bank_samples', '2', '--cam_scales', '1.0', '0.5', '--log', 'False', *SEG_SMALL]
+             '--sfc_bank_samples', '2', '--cam_scales', '1.0', '0.5', '--run_log', 'False', *SEG_SMALL]
     out = subprocess.run(['bash', os.path.join(ROOT, 'run_coco.sh'), *small], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     names = coco.load_img_name_list(os.path.join(work, 'meta', 'train2014.txt'))
@@ -109,7 +108,7 @@ def test_coco_irn_path_and_bank_size(tiny_coco, tmp_path):
     work = str(tmp_path / 'w')
     meta = tiny_coco['meta']
     common = ['--dataset', 'coco14', '--coco14_root', tiny_coco['root'], '--work_dir', work, '--device', 'cpu',
-              '--num_workers', '0', '--backbone_weights', 'none', '--backbone_width', '8', '--log', 'False',
+              '--num_workers', '0', '--backbone_weights', 'none', '--backbone_width', '8', '--run_log', 'False',
               '--train_list', os.path.join(meta, 'val2014.txt'), '--infer_list', os.path.join(meta, 'val2014.txt'),
               '--eval_list', os.path.join(meta, 'val2014.txt'), '--cls_labels', os.path.join(meta, 'cls_labels.npz')]
     run_sample.main(common + ['--train_sfc_pass', 'True', '--sfc_crop_size', '64', '--sfc_batch_size', '2',

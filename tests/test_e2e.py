@@ -18,7 +18,7 @@ def base_args(tiny_voc, work, *extra):
             '--sfc_num_epoches', '2', '--sfc_lr', '0.01', '--sfc_val_freq', '3', '--sfc_dc_offset', 'auto',
             '--sfc_bank_samples', '2', '--cam_scales', '1.0', '0.5', '--eval_list', os.path.join(meta, 'val.txt'),
             '--infer_list', os.path.join(meta, 'val.txt'), '--train_list', os.path.join(meta, 'train_aug.txt'),
-            '--cls_labels', os.path.join(meta, 'cls_labels.npz'), '--log', 'False', *extra]
+            '--cls_labels', os.path.join(meta, 'cls_labels.npz'), '--run_log', 'False', *extra]
 
 
 def test_pipeline_through_eval_cam(tiny_voc, tmp_path, capsys):

@@ -2,7 +2,6 @@
 import json
 import os
 import subprocess
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,8 +13,12 @@ SEG_SMALL = ['--seg_depth', '50', '--seg_iters', '2', '--seg_batch_size', '2', '
 def test_run_voc_sh_runs_every_step(tiny_voc, tmp_path):
     work = str(tmp_path / 'voc')
     os.makedirs(work)
-    env = dict(os.environ, VOC12_ROOT=tiny_voc['root'], WORK_DIR=work, DEVICE='cpu', NUM_WORKERS='0',
-               BACKBONE_WEIGHTS='none', SEG_INIT='none', PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH'])
+    # as a new user types it: no environment activated, the recipe finds (or makes) the project's .venv
+    env = {k: v for k, v in os.environ.items() if k not in ('VIRTUAL_ENV', 'CONDA_PREFIX', 'PYTHON', 'PYTHONPATH')}
+    env['PATH'] = os.pathsep.join(p for p in os.environ['PATH'].split(os.pathsep)
+                                  if not os.path.isfile(os.path.join(p, 'activate')))
+    env.update(VOC12_ROOT=tiny_voc['root'], WORK_DIR=work, DEVICE='cpu', NUM_WORKERS='0', BACKBONE_WEIGHTS='none',
+               SEG_INIT='none')
     small = ['--backbone_width', '8', '--sfc_crop_size', '64', '--sfc_batch_size', '4', '--sfc_num_epoches', '1',
              '--sfc_dc_offset', 'auto', '--sfc_select_on_gt', 'False', '--sfc_bank_samples', '2',
              '--cam_scales', '1.0', '--irn_crop_size', '96', '--irn_batch_size', '4', '--irn_num_epoches', '1',

@@ -95,7 +95,7 @@ def test_ablation_runner_end_to_end(tiny_voc, tmp_path, capsys):
     work = str(tmp_path / 'abl')
     small = ['--backbone_weights', 'none', '--backbone_width', '8', '--sfc_crop_size', '64', '--sfc_batch_size', '2',
              '--sfc_num_epoches', '1', '--sfc_lr', '0.01', '--sfc_dc_offset', 'auto', '--sfc_select_on_gt', 'False',
-             '--sfc_bank_samples', '2', '--cam_scales', '1.0', '--log', 'False', '--check_data', 'False']
+             '--sfc_bank_samples', '2', '--cam_scales', '1.0', '--run_log', 'False', '--check_data', 'False']
     argv = ['--voc12_root', tiny_voc['root'], '--meta_dir', tiny_voc['meta'], '--work_dir', work, '--rows', 'plain',
             'sfc', '--seeds', '1', '--recipe', 'none', '--device', 'cpu', '--num_workers', '0', '--', *small]
     out = ablation.main(argv)

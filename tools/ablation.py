@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -102,7 +103,9 @@ def summarise(results, counts, class_names, source):
         r['head_iou'] = {'mean': float(np.mean([h for h, _ in ht])), 'per_seed': [h for h, _ in ht]}
         r['tail_iou'] = {'mean': float(np.mean([t for _, t in ht])), 'per_seed': [t for _, t in ht]}
         r['to_other_fg'] = {'mean': float(np.mean(other)), 'per_seed': other}
-        r['iou_per_class'] = dict(zip(class_names, np.nanmean(np.stack(ious), 0).tolist()))
+        with warnings.catch_warnings():  # a class without GT pixels in every seed stays NaN
+            warnings.simplefilter('ignore', RuntimeWarning)
+            r['iou_per_class'] = dict(zip(class_names, np.nanmean(np.stack(ious), 0).tolist()))
         out[row] = r
     return out
 

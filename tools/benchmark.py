@@ -1,10 +1,15 @@
-"""Speed and memory of the heavy stages on this machine: prints numbers, asserts nothing.
+"""Speed and memory of the heavy stages: prints numbers, asserts nothing.
 
-    python tools/benchmark.py                 # every stage, the authors' sizes (ResNet-50, crop 512, batch 16+4)
-    python tools/benchmark.py --stages make_cam --threads 1
+    python tools/benchmark.py                                   # every stage on CPU, the authors' sizes
+    python tools/benchmark.py --stages make_cam make_cam_unoptimised --threads 2
+    python tools/benchmark.py --device cuda --amp none bf16 fp16 # images/s and peak GPU memory per precision
 
-Each stage runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own.
-Random weights are used (no download); the cost does not depend on the weight values.
+Each stage runs in a fresh subprocess, so that its peak memory is its own: the resident set (ru_maxrss) on CPU,
+torch.cuda.max_memory_allocated on CUDA. Random weights are used (no download); the cost does not depend on the
+weight values. Sizes are the authors': ResNet-50 at crop 512 with batch 16 + 4 bank images (SFC), batch 32
+(IRN), 500x375 images with 4 scales x flip (make_cam), DeepLab-v2 ResNet-101 at crop 321 with batch 10.
+`make_cam_unoptimised` computes what the authors' make_cam computes per image with the plain layout (BatchNorm
+not folded, NCHW, every channel upsampled): the reference the optimised `make_cam` is compared with.
 """
 import argparse
 import json
@@ -18,78 +23,139 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def _peak_mb():
+# --- measuring ---------------------------------------------------------------------------------------------------
+def _cuda(a):
+    return a.device == 'cuda'
+
+
+def _sync(a):
+    import torch
+    if _cuda(a):
+        torch.cuda.synchronize()
+
+
+def _peak_mb(a):
+    import torch
+    if _cuda(a):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _timed(a, once):
+    """Mean seconds of `once()` over a.repeats runs after one warm-up run (allocator, cuDNN autotuning)."""
+    times = []
+    for it in range(a.repeats + 1):
+        _sync(a)
+        t0 = time.perf_counter()
+        once()
+        _sync(a)
+        if it:
+            times.append(time.perf_counter() - t0)
+    return sum(times) / len(times)
+
+
+def _layout(a, inference=False):
+    from misc.torchutils import use_channels_last
+    return use_channels_last(a.channels_last, a.device, inference)
+
+
+def _result(a, stage, seconds, unit, images, **extra):
+    return {'stage': stage, 'seconds': seconds, 'unit': unit, 'images_per_s': images / seconds,
+            'peak_mb': _peak_mb(a), **extra}
+
+
+# --- stages ------------------------------------------------------------------------------------------------------
 def stage_train_step(a):
+    import argparse as ap
     import torch
+    from misc import distributed
     from misc.image_bank import ImageBank
-    from misc.torchutils import PolyOptimizer
+    from misc.torchutils import PolyOptimizer, grad_scaler, to_memory_format
     from net import sfc_loss
     from net.resnet50_sfc import Net
     from step.train_sfc import sfc_step_gradients
-    import argparse as ap
     torch.manual_seed(0)
-    n_cat, B, K, crop = a.classes, a.batch, a.bank, a.crop
-    model = Net(n_cat + 1, backbone_width=a.width)
+    n_cat, B, K, crop, dev = a.classes, a.batch, a.bank, a.crop, a.device
+    model = to_memory_format(Net(n_cat + 1, backbone_width=a.width).to(dev), _layout(a))
     bb, new = model.trainable_parameters()
     opt = PolyOptimizer([{'params': bb, 'lr': 0.1, 'weight_decay': 1e-4},
                          {'params': new, 'lr': 1.0, 'weight_decay': 1e-4}], 0.1, 1e-4, 100)
-    bank = ImageBank(n_cat, crop, 'cpu')
-    w = sfc_loss.channel_weights(torch.ones(n_cat))
+    bank = ImageBank(n_cat, crop, dev)
+    w = sfc_loss.channel_weights(torch.ones(n_cat)).to(dev)
     args = ap.Namespace(sfc_micro_batch=a.sfc_micro_batch, sfc_half_scale=0.5, sfc_pdw=True, sfc_wdw=True,
-                        sfc_pdw_weight=1.6, sfc_wdw_weight=0.8)
+                        sfc_pdw_weight=1.6, sfc_wdw_weight=0.8, amp=a.amp)
+    scaler = grad_scaler(a.amp, dev)
     g = torch.Generator().manual_seed(0)
-    times = []
-    base = _peak_mb()
-    for it in range(a.repeats + 1):
-        img = torch.randn(B, 3, crop, crop)
-        valid = torch.ones(B, crop, crop, dtype=torch.uint8)
-        label = (torch.rand(B, n_cat, generator=g) < 0.1).float()
-        t0 = time.perf_counter()
+    rank, world = distributed.rank(), distributed.world()
+    per = distributed.split_batch(B + K, '--batch + --bank')
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def once():  # as train_sfc does it: each rank loads its slice, the bank sees the whole batch
+        img = to_memory_format(torch.randn(B // world, 3, crop, crop, device=dev), _layout(a))
+        valid = torch.ones(B // world, crop, crop, dtype=torch.uint8, device=dev)
+        label = (torch.rand(B // world, n_cat) < 0.1).float().to(dev)
+        img, valid, label = (distributed.all_gather_cat(t) for t in (img, valid, label))
         bank.update(img, valid, label)
         bi, bm, bl = bank.sample(K, g)
-        img, valid, label = torch.cat([img, bi]), torch.cat([valid, bm]), torch.cat([label, bl])
-        sfc_step_gradients(model, img, valid, label, w, args, crop // 16, crop // 32, opt)
+        mine = slice(rank * per, (rank + 1) * per)
+        sfc_step_gradients(model, torch.cat([img, bi])[mine], torch.cat([valid, bm])[mine],
+                           torch.cat([label, bl])[mine], w, args, crop // 16, crop // 32, opt, scaler, B + K)
+        distributed.sum_gradients(params)
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if it:  # the first step warms up the allocator
-            times.append(time.perf_counter() - t0)
-    return {'stage': f'train_sfc step (crop {crop}, batch {B}+{K} in micro-batches of {a.sfc_micro_batch or B + K}, width {a.width})',
-            'seconds': sum(times) / len(times), 'unit': 'per step', 'peak_rss_mb': _peak_mb(),
-            'bank_mb': bank.nbytes() / 2 ** 20, 'model_built_rss_mb': base}
+        scaler.step(opt)
+        scaler.update()
+    s = _timed(a, once)
+    procs = f', {world} processes x {torch.get_num_threads()} threads' if world > 1 else ''
+    return _result(a, f'train_sfc step (crop {crop}, batch {B}+{K} in micro-batches of {a.sfc_micro_batch or B + K}, '
+                      f'width {a.width}{procs})', s, 'per step', B + K, bank_mb=bank.nbytes() / 2 ** 20)
+
+
+def _make_cam_stage(a, optimised):
+    import numpy as np
+    import torch
+    from misc.torchutils import autocast, prepare_for_inference, to_memory_format
+    from net.resnet50_sfc import CAM
+    from step.make_cam import postprocess
+    from voc12.dataloader import multiscale_flip
+    torch.manual_seed(0)
+    layout = _layout(a, True) if optimised else False
+    model = prepare_for_inference(CAM(a.classes + 1, backbone_width=a.width), a.device,
+                                  fold_bn=optimised and a.fold_bn, channels_last=layout)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (a.height, a.width_px, 3), dtype=np.uint8)
+    label = torch.zeros(a.classes + 1, device=a.device)
+    label[[0, 3, 15]] = 1
+    keys = np.array([0, 3, 15]) if optimised else np.arange(a.classes + 1)  # the authors upsample every channel
+    size = img.shape[:2]
+
+    def once():
+        with torch.inference_mode():
+            outs = []
+            for x in multiscale_flip(img, a.scales):
+                with autocast(a.amp, a.device):
+                    outs.append(model(to_memory_format(torch.from_numpy(x).to(a.device), layout), label))
+            cam, proto = postprocess([o[0] for o in outs], size, keys), postprocess([o[1] for o in outs], size, keys)
+            if not optimised:
+                cam, proto = cam[[0, 3, 15]], proto[[0, 3, 15]]
+            cam.cpu(), proto.cpu()
+    s = _timed(a, once)
+    what = ('BN folded in float64, ' if a.fold_bn else 'BN not folded, ') + ('channels-last' if layout else 'NCHW') \
+        if optimised else \
+        'BN not folded, NCHW, every channel upsampled'
+    return _result(a, f'make_cam{"" if optimised else "_unoptimised"} ({a.width_px}x{a.height}, scales '
+                      f'{tuple(a.scales)} x flip, width {a.width}; {what})', s, 'per image', 1)
 
 
 def stage_make_cam(a):
-    import numpy as np
-    import torch
-    from step.make_cam import postprocess
-    from net.resnet50_sfc import CAM
-    from voc12.dataloader import multiscale_flip
-    torch.manual_seed(0)
-    from net.resnet50 import fold_batchnorm
-    model = CAM(a.classes + 1, backbone_width=a.width).eval()
-    fold_batchnorm(model.resnet50)  # as make_cam does (--cam_fold_bn True)
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (a.height, a.width_px, 3), dtype=np.uint8)
-    label = torch.zeros(a.classes + 1)
-    label[[0, 3, 15]] = 1
-    keys = np.array([0, 3, 15])
-    times = []
-    for it in range(a.repeats + 1):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            outs = [model(torch.from_numpy(x), label) for x in multiscale_flip(img, a.scales)]
-            postprocess([o[0] for o in outs], img.shape[:2], keys)
-            postprocess([o[1] for o in outs], img.shape[:2], keys)
-        if it:
-            times.append(time.perf_counter() - t0)
-    return {'stage': f'make_cam ({a.width_px}x{a.height}, scales {tuple(a.scales)} x flip, width {a.width})',
-            'seconds': sum(times) / len(times), 'unit': 'per image', 'peak_rss_mb': _peak_mb()}
+    return _make_cam_stage(a, True)
 
 
-def _synthetic_cams(a, k=3):
+def stage_make_cam_unoptimised(a):
+    return _make_cam_stage(a, False)
+
+
+def _synthetic_cams(a):
     """A 500x375 image with two objects and CAM-like arrays for keys [0, 3, 15] (cost does not depend on values)."""
     import numpy as np
     rng = np.random.default_rng(0)
@@ -107,98 +173,94 @@ def _synthetic_cams(a, k=3):
 def stage_cam_to_ir_label(a):
     from step.cam_to_ir_label import ir_label
     img, cams = _synthetic_cams(a)
-    times = []
-    for it in range(a.repeats + 1):
-        t0 = time.perf_counter()
-        ir_label(img, {k: v.copy() for k, v in cams.items()})
-        if it:
-            times.append(time.perf_counter() - t0)
-    return {'stage': f'cam_to_ir_label ({a.width_px}x{a.height}, K=3, two CRF passes t=12)',
-            'seconds': sum(times) / len(times), 'unit': 'per image', 'peak_rss_mb': _peak_mb()}
+    s = _timed(a, lambda: ir_label(img, {k: v.copy() for k, v in cams.items()}))
+    return _result(a, f'cam_to_ir_label ({a.width_px}x{a.height}, K=3, two CRF passes t=12; CPU, pydensecrf)', s,
+                   'per image', 1)
 
 
 def stage_make_sem_seg(a):
     import argparse as ap
     import torch
-    from net.resnet50 import fold_batchnorm
+    from misc.torchutils import autocast, prepare_for_inference, to_memory_format
     from net.resnet50_irn import EdgeDisplacement
     from step.make_sem_seg import pseudo_label
     from voc12.dataloader import multiscale_flip
     torch.manual_seed(0)
-    model = EdgeDisplacement(crop_size=512, backbone_width=a.width).eval()
-    fold_batchnorm(model.resnet50)  # as make_sem_seg does (--cam_fold_bn True)
+    model = prepare_for_inference(EdgeDisplacement(crop_size=512, backbone_width=a.width), a.device,
+                                  channels_last=_layout(a, True))
     img, cams = _synthetic_cams(a)
     args = ap.Namespace(sem_seg_proto_weight=0.3, sem_seg_power=1.3, sem_seg_double_power=True, sem_seg_bg_value=0.25,
                         sem_seg_radius=5, beta=10, exp_times=8)
-    times, walk = [], []
-    for it in range(a.repeats + 1):
-        t0 = time.perf_counter()
+    walk = []
+
+    def once():
         with torch.inference_mode():
-            edge, _ = model(torch.from_numpy(multiscale_flip(img, (1.0,))[0]))
+            with autocast(a.amp, a.device):
+                x = torch.from_numpy(multiscale_flip(img, (1.0,))[0]).to(a.device)
+                edge, _ = model(to_memory_format(x, _layout(a, True)))
+            _sync(a)
             t1 = time.perf_counter()
             pseudo_label(cams, edge, img.shape[:2], args)
-        if it:
-            times.append(time.perf_counter() - t0)
+            _sync(a)
             walk.append(time.perf_counter() - t1)
-    return {'stage': f'make_sem_seg ({a.width_px}x{a.height}: IRN edges + both random walks T^256, width {a.width})',
-            'seconds': sum(times) / len(times), 'unit': 'per image', 'peak_rss_mb': _peak_mb(),
-            'walk_s': sum(walk) / len(walk)}
+    s = _timed(a, once)
+    return _result(a, f'make_sem_seg ({a.width_px}x{a.height}: IRN edges + both random walks T^256, width {a.width})',
+                   s, 'per image', 1, walk_s=sum(walk[1:]) / max(1, len(walk) - 1))
 
 
 def stage_train_irn_step(a):
     import torch
     from misc.indexing import PathIndex
-    from misc.torchutils import PolyOptimizer
+    from misc.torchutils import PolyOptimizer, grad_scaler, to_memory_format
     from net import resnet50_irn
     from step.train_irn import accumulate_gradients, affinity_labels_torch
     torch.manual_seed(0)
-    crop, B = a.crop, a.irn_batch
-    model = resnet50_irn.Net(a.width).train()
+    crop, B, dev = a.crop, a.irn_batch, a.device
+    model = to_memory_format(resnet50_irn.Net(a.width).to(dev).train(), _layout(a))
     e, d = model.trainable_parameters()
     opt = PolyOptimizer([{'params': e, 'lr': 0.1, 'weight_decay': 1e-4}, {'params': d, 'lr': 1.0, 'weight_decay': 1e-4}],
                         0.1, 1e-4, 100)
     p = PathIndex(10, (crop // 4, crop // 4))
-    inds = [torch.from_numpy(i) for i in p.path_indices]
-    src, dst = torch.from_numpy(p.src_indices), torch.from_numpy(p.dst_indices)
-    times = []
-    for it in range(a.repeats + 1):
-        img = torch.randn(B, 3, crop, crop)
-        red = torch.randint(0, 3, (B, crop // 4, crop // 4), dtype=torch.uint8)
-        t0 = time.perf_counter()
+    inds = [torch.from_numpy(i).to(dev) for i in p.path_indices]
+    src, dst = torch.from_numpy(p.src_indices).to(dev), torch.from_numpy(p.dst_indices).to(dev)
+    scaler = grad_scaler(a.amp, dev)
+
+    def once():
+        img = to_memory_format(torch.randn(B, 3, crop, crop, device=dev), _layout(a))
+        red = torch.randint(0, 3, (B, crop // 4, crop // 4), dtype=torch.uint8, device=dev)
         labels = affinity_labels_torch(red, src, dst, 21)
-        accumulate_gradients(model, img, labels, inds, p, a.irn_micro_batch or B, opt)
-        opt.step()
-        if it:
-            times.append(time.perf_counter() - t0)
-    return {'stage': f'train_irn step (crop {crop}, batch {B} in micro-batches of {a.irn_micro_batch or B}, width {a.width})', 'seconds': sum(times) / len(times),
-            'unit': 'per step', 'peak_rss_mb': _peak_mb()}
+        accumulate_gradients(model, img, labels, inds, p, a.irn_micro_batch or B, opt, a.amp, scaler)
+        scaler.step(opt)
+        scaler.update()
+    s = _timed(a, once)
+    return _result(a, f'train_irn step (crop {crop}, batch {B} in micro-batches of {a.irn_micro_batch or B}, '
+                      f'width {a.width})', s, 'per step', B)
 
 
 def stage_train_seg_step(a):
+    import argparse as ap
     import torch
+    from misc.torchutils import grad_scaler, to_memory_format
     from net import deeplab
     from step.train_seg import optimizer_for, seg_step_gradients
-    import argparse as ap
     torch.manual_seed(0)
-    B, crop = a.seg_batch, a.seg_crop
-    model = deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').train()
+    B, crop, dev = a.seg_batch, a.seg_crop, a.device
+    model = to_memory_format(deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').to(dev).train(), _layout(a))
     opt = optimizer_for(model, ap.Namespace(seg_lr=2.5e-4, seg_weight_decay=5e-4, seg_head_lr_mult=10,
                                             seg_head_bias_lr_mult=20, seg_momentum=0.9, seg_poly_power=0.9,
                                             seg_lr_decay_every=10), 30000)
-    times = []
-    base = _peak_mb()
-    for it in range(a.repeats + 1):
-        img = torch.randn(B, 3, crop, crop) * 50
-        label = torch.randint(0, a.classes + 1, (B, crop, crop), dtype=torch.uint8)
-        t0 = time.perf_counter()
+    scaler = grad_scaler(a.amp, dev)
+
+    def once():
+        img = to_memory_format(torch.randn(B, 3, crop, crop, device=dev) * 50, _layout(a))
+        label = torch.randint(0, a.classes + 1, (B, crop, crop), dtype=torch.uint8, device=dev)
         opt.zero_grad(set_to_none=True)
-        seg_step_gradients(model, img, label, 'balanced', 1, a.seg_micro_batch)
-        opt.step()
-        if it:
-            times.append(time.perf_counter() - t0)
-    return {'stage': f'train_seg step (DeepLab-v2 ResNet-{a.seg_depth} MSC, crop {crop}, batch {B} in micro-batches of '
-                     f'{a.seg_micro_batch or B}, width {a.width})', 'seconds': sum(times) / len(times),
-            'unit': 'per step', 'peak_rss_mb': _peak_mb(), 'model_built_rss_mb': base}
+        seg_step_gradients(model, img, label, 'balanced', 1, a.seg_micro_batch, a.amp, scaler)
+        scaler.step(opt)
+        scaler.update()
+    s = _timed(a, once)
+    return _result(a, f'train_seg step (DeepLab-v2 ResNet-{a.seg_depth} MSC, crop {crop}, batch {B} in micro-batches '
+                      f'of {a.seg_micro_batch or B}, width {a.width})', s, 'per step', B)
 
 
 def stage_make_seg(a):
@@ -206,37 +268,46 @@ def stage_make_seg(a):
     import torch
     import torch.nn.functional as F
     from misc.imutils import crf_inference_softmax
+    from misc.torchutils import to_memory_format
     from net import deeplab
     from step.make_seg import predict_logits
     torch.manual_seed(0)
-    model = deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').eval()
+    model = to_memory_format(deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').to(a.device).eval(), _layout(a, True))
     img, _ = _synthetic_cams(a)
-    x = torch.from_numpy(deeplab.normalize_image(img, 'caffe').transpose(2, 0, 1).copy())[None]
-    times, crf = [], []
-    for it in range(a.repeats + 1):
-        t0 = time.perf_counter()
+    x = torch.from_numpy(deeplab.normalize_image(img, 'caffe').transpose(2, 0, 1).copy())[None].to(a.device)
+    crf = []
+
+    def once():
         with torch.inference_mode():
-            prob = F.softmax(predict_logits(model, x, img.shape[:2]), dim=0).numpy()
+            prob = F.softmax(predict_logits(model, x, img.shape[:2], amp=a.amp, channels_last=_layout(a, True)), dim=0)
+            prob = prob.cpu().numpy()
         t1 = time.perf_counter()
         np.argmax(crf_inference_softmax(img, prob), axis=0)
-        if it:
-            times.append(time.perf_counter() - t0)
-            crf.append(time.perf_counter() - t1)
-    return {'stage': f'make_seg ({a.width_px}x{a.height}: DeepLab-v2 ResNet-{a.seg_depth} MSC + dense CRF 10 it, '
-                     f'width {a.width})', 'seconds': sum(times) / len(times), 'unit': 'per image',
-            'peak_rss_mb': _peak_mb(), 'crf_s': sum(crf) / len(crf)}
+        crf.append(time.perf_counter() - t1)
+    s = _timed(a, once)
+    return _result(a, f'make_seg ({a.width_px}x{a.height}: DeepLab-v2 ResNet-{a.seg_depth} MSC + dense CRF 10 it '
+                      f'on CPU, width {a.width})', s, 'per image', 1, crf_s=sum(crf[1:]) / max(1, len(crf) - 1))
 
 
-STAGES = {'train_step': stage_train_step, 'make_cam': stage_make_cam, 'cam_to_ir_label': stage_cam_to_ir_label,
-          'train_irn_step': stage_train_irn_step, 'make_sem_seg': stage_make_sem_seg,
-          'train_seg_step': stage_train_seg_step, 'make_seg': stage_make_seg}
+STAGES = {'train_step': stage_train_step, 'make_cam': stage_make_cam, 'make_cam_unoptimised': stage_make_cam_unoptimised,
+          'cam_to_ir_label': stage_cam_to_ir_label, 'train_irn_step': stage_train_irn_step,
+          'make_sem_seg': stage_make_sem_seg, 'train_seg_step': stage_train_seg_step, 'make_seg': stage_make_seg}
+DEFAULT_STAGES = [s for s in STAGES if s != 'make_cam_unoptimised']
 
 
-def main():
+def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--stages', nargs='+', default=list(STAGES), choices=list(STAGES))
+    p.add_argument('--stages', nargs='+', default=DEFAULT_STAGES, choices=list(STAGES))
+    p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
+    p.add_argument('--amp', nargs='+', default=['none'], choices=('none', 'bf16', 'fp16'),
+                   help='precisions to measure each stage in')
+    p.add_argument('--channels_last', default='auto', choices=('auto', 'True', 'False'))
+    p.add_argument('--fold_bn', default=False, type=lambda v: v == 'True',
+                   help='make_cam: fold BatchNorm (True/False; default False as --cam_fold_bn)')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0 = torch default)')
-    p.add_argument('--width', type=int, default=64, help='backbone width (64 = ResNet-50)')
+    p.add_argument('--nproc', type=int, nargs='+', default=[1],
+                   help='processes for train_step (through torchrun, gradients summed as in training): e.g. 1 2')
+    p.add_argument('--width', type=int, default=64, help='backbone width (64 = the real networks)')
     p.add_argument('--classes', type=int, default=20)
     p.add_argument('--crop', type=int, default=512)
     p.add_argument('--batch', type=int, default=16)
@@ -246,38 +317,64 @@ def main():
     p.add_argument('--irn_micro_batch', type=int, default=8)
     p.add_argument('--seg_batch', type=int, default=10, help='train_seg images per update (the ImageNet recipe)')
     p.add_argument('--seg_crop', type=int, default=321)
-    p.add_argument('--seg_micro_batch', type=int, default=0, help='0 = the whole batch in one pass')
+    p.add_argument('--seg_micro_batch', type=int, default=5, help='0 = the whole batch in one pass')
     p.add_argument('--seg_depth', type=int, default=101)
     p.add_argument('--width_px', type=int, default=500)
     p.add_argument('--height', type=int, default=375)
     p.add_argument('--scales', type=float, nargs='+', default=[1.0, 0.5, 1.5, 2.0])
     p.add_argument('--repeats', type=int, default=1)
+    p.add_argument('--json', default=None, help='also write the results to this file')
     p.add_argument('--_child', default=None, help=argparse.SUPPRESS)
-    a = p.parse_args()
+    return p
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    a = get_parser().parse_args(argv)
     if a._child:
         import torch
+        from misc import distributed
         if a.threads:
             torch.set_num_threads(a.threads)
-        print(json.dumps(STAGES[a._child](a)))
+        a.device = distributed.init(a.device)
+        a.amp = a.amp[0]
+        r = STAGES[a._child](a)
+        if distributed.is_main():
+            print(json.dumps(r))
+        distributed.shutdown()
         return
     import torch
-    print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, threads {a.threads or torch.get_num_threads()}')
-    for s in a.stages:
-        cmd = [sys.executable, os.path.abspath(__file__), '--_child', s, '--threads', str(a.threads),
-               '--width', str(a.width), '--classes', str(a.classes), '--crop', str(a.crop), '--batch', str(a.batch),
-               '--bank', str(a.bank), '--sfc_micro_batch', str(a.sfc_micro_batch), '--irn_batch', str(a.irn_batch), '--irn_micro_batch', str(a.irn_micro_batch),
-               '--seg_batch', str(a.seg_batch), '--seg_crop', str(a.seg_crop), '--seg_micro_batch', str(a.seg_micro_batch),
-               '--seg_depth', str(a.seg_depth), '--width_px', str(a.width_px), '--height', str(a.height),
-               '--repeats', str(a.repeats), '--scales', *map(str, a.scales)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+    dev = torch.cuda.get_device_name(0) if a.device == 'cuda' else f'{os.cpu_count()} CPUs'
+    print(f'torch {torch.__version__}, {dev}, threads {a.threads or torch.get_num_threads()}, channels_last '
+          f'{a.channels_last}')
+    base = []
+    for k, v in vars(a).items():  # every setting but the ones this loop varies
+        if k not in ('stages', 'amp', 'json', '_child', 'nproc'):
+            base += [f'--{k}', *(map(str, v) if isinstance(v, list) else [str(v)])]
+    results = []
+    runs = [(s, amp, n) for s in a.stages for amp in a.amp for n in (a.nproc if s == 'train_step' else [1])
+            if not (s == 'cam_to_ir_label' and amp != a.amp[0])]  # no network in the CRF stage
+    for s, amp, nproc in runs:
+        launch = [sys.executable] if nproc == 1 else [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                                                      '--nproc_per_node', str(nproc)]
+        out = subprocess.run([*launch, os.path.abspath(__file__), *base, '--_child', s, '--amp', amp],
+                             capture_output=True, text=True)
         if out.returncode:
-            print(f'{s}: failed\n{out.stderr[-2000:]}')
+            print(f'{s} ({amp}): failed\n{out.stderr[-2000:]}')
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        r['amp'] = amp
+        results.append(r)
         extra = f', image bank {r["bank_mb"]:.0f} MB' if 'bank_mb' in r else ''
         extra += f' (random walks {r["walk_s"]:.2f} s)' if 'walk_s' in r else ''
         extra += f' (CRF {r["crf_s"]:.2f} s = {100 * r["crf_s"] / r["seconds"]:.0f}%)' if 'crf_s' in r else ''
-        print(f'{r["stage"]}: {r["seconds"]:.2f} s {r["unit"]}, peak RSS {r["peak_rss_mb"] / 1024:.2f} GB{extra}')
+        mem = 'peak GPU memory (allocated)' if a.device == 'cuda' else 'peak RSS'
+        print(f'{r["stage"]} [amp {amp}]: {r["seconds"]:.3f} s {r["unit"]}, {r["images_per_s"]:.2f} images/s, '
+              f'{mem} {r["peak_mb"] / 1024:.2f} GB{extra}', flush=True)
+        if a.json:  # after every stage, so that a run stopped by a time limit keeps what it measured
+            with open(a.json, 'w') as f:
+                json.dump(results, f, indent=1)
+    return results
 
 
 if __name__ == '__main__':

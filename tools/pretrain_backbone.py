@@ -25,7 +25,6 @@ losses, val accuracy, time, SHA-256).
 """
 import argparse
 import hashlib
-import json
 import math
 import os
 import sys

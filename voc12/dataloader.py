@@ -137,6 +137,18 @@ class ImageDataset(torch.utils.data.Dataset):
         return {'name': name, 'img': self.read(name)}
 
 
+class _Epoched:
+    """Datasets whose augmentation is a function of (seed, epoch, index): the training loader passes
+    (epoch, index) pairs (misc.trainutils.StepSampler); a plain index uses the epoch of set_epoch()."""
+    epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def epoch_index(self, idx):
+        return (int(idx[0]), int(idx[1])) if isinstance(idx, (tuple, list)) else (self.epoch, int(idx))
+
+
 class _Labelled(ImageDataset):
     def __init__(self, img_name_list_path, root, cls_labels_path):
         super().__init__(img_name_list_path, root)
@@ -155,7 +167,7 @@ class _Labelled(ImageDataset):
         return self.labels.sum(0).astype(np.int64)
 
 
-class ClassificationDataset(_Labelled):
+class ClassificationDataset(_Epoched, _Labelled):
     """SFC training samples (SPEC B1.4): optional random resize-long and flip, random crop.
 
     The crop's valid mask is stored once (crop, crop) uint8, not as 21 float copies; the training step
@@ -168,15 +180,13 @@ class ClassificationDataset(_Labelled):
                  hor_flip=False, seed=0):
         super().__init__(img_name_list_path, root, cls_labels_path)
         self.crop_size, self.resize_long, self.hor_flip = crop_size, resize_long, hor_flip
-        self.seed, self.epoch = int(seed), 0
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
+        self.seed = int(seed)
 
     def __getitem__(self, idx):
+        epoch, idx = self.epoch_index(idx)
         name = self.names[idx]
         img = self.read(name)
-        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        rng = np.random.default_rng([self.seed, epoch, idx])
         if self.resize_long is not None:
             img = imutils.resize_long(img, int(rng.integers(self.resize_long[0], self.resize_long[1] + 1)))
         if self.hor_flip and rng.integers(0, 2):
@@ -219,7 +229,7 @@ def multiscale_flip(img, scales):
     return out
 
 
-class AffinityDataset(ImageDataset):
+class AffinityDataset(_Epoched, ImageDataset):
     """IRN training samples (SPEC B7.2): image + IR label (ir_label/<id>.png), random rescale in
     [rescale[0], rescale[1]) (image bicubic, label nearest), normalise, joint flip, joint random crop
     (image pad 0, label pad 255); the label is then reduced x0.25 (PIL nearest). Affinity labels are built
@@ -230,22 +240,20 @@ class AffinityDataset(ImageDataset):
         super().__init__(img_name_list_path, root)
         self.label_dir, self.crop_size = label_dir, crop_size
         self.rescale, self.hor_flip, self.crop_method = rescale, hor_flip, crop_method
-        self.seed, self.epoch = int(seed), 0
+        self.seed = int(seed)
         missing = [n for n in self.names if not os.path.isfile(os.path.join(label_dir, n + '.png'))]
         if missing:
             raise FileNotFoundError(f'{len(missing)} ids of {img_name_list_path} have no IR label in {label_dir} '
                                     f'(first: {missing[0]}); run cam_to_ir_label (--cam_to_ir_label_pass True) on them')
 
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
     def __getitem__(self, idx):
+        epoch, idx = self.epoch_index(idx)
         name = self.names[idx]
         img = self.read(name)
         label = read_label(os.path.join(self.label_dir, name + '.png'))
         if label.shape != img.shape[:2]:
             raise ValueError(f'IR label of {name} is {label.shape}, its image {img.shape[:2]}')
-        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        rng = np.random.default_rng([self.seed, epoch, idx])
         if self.rescale is not None:
             s = imutils.random_scale_factor(rng, self.rescale[0], self.rescale[1])
             size = imutils.scaled_size(img.shape[0], img.shape[1], s)
@@ -270,7 +278,7 @@ def load_gt(root, name, layout=VOC12Layout):
     return read_label(path)
 
 
-class SegmentationDataset(ImageDataset):
+class SegmentationDataset(_Epoched, ImageDataset):
     """DeepLab training samples from pseudo masks (SPEC C2; deeplab-pytorch libs/datasets/base.py): image and
     mask (`label_dir/<id>.png`, 0..C-1 and 255 = ignore) scaled by a random factor (a choice of `scales`, or
     uniform in [min, max] with scale_mode 'uniform'; sizes int(h*s), int(w*s)), image bilinear (cv2), mask
@@ -286,16 +294,13 @@ class SegmentationDataset(ImageDataset):
         self.label_dir, self.crop_size, self.base_size = label_dir, int(crop_size), base_size
         self.scales, self.scale_mode = [float(s) for s in scales], scale_mode
         self.hor_flip, self.input_norm = hor_flip, input_norm
-        self.seed, self.epoch = int(seed), 0
+        self.seed = int(seed)
         self.n_classes = self.layout.n_cat() + 1
         missing = [n for n in self.names if not os.path.isfile(self.label_path(n))]
         if missing:
             raise FileNotFoundError(f'{len(missing)} ids of {img_name_list_path} have no pseudo mask in {label_dir} '
                                     f'(first: {missing[0]}); run the step that writes them (make_sem_seg for sem_seg/, '
                                     f'cam_to_ir_label for ir_label/) on this list, or point --seg_label_dir elsewhere')
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
 
     def label_path(self, name):
         return os.path.join(self.label_dir, name + '.png')
@@ -321,11 +326,12 @@ class SegmentationDataset(ImageDataset):
     def __getitem__(self, idx):
         import cv2
         from net.deeplab import normalize_image
+        epoch, idx = self.epoch_index(idx)
         name = self.names[idx]
         img, label = self.read(name), self.read_mask(name)
         if label.shape != img.shape[:2]:
             raise ValueError(f'pseudo mask of {name} is {label.shape}, its image {img.shape[:2]}')
-        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        rng = np.random.default_rng([self.seed, epoch, idx])
         h, w = label.shape
         if self.base_size:
             h, w = (self.base_size, int(self.base_size * w / h)) if h > w else (int(self.base_size * h / w), self.base_size)

@@ -1,0 +1,121 @@
+"""Mixed precision, channels-last and the training input pipeline (issue 10)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import run_sample
+from misc import camio
+from misc.torchutils import autocast, check_amp, fp32, use_channels_last
+from misc.trainutils import StepSampler, epoch_order
+from net import resnet50, resnet50_sfc
+from tests.test_e2e import base_args
+from tests.test_robustness import random_sfc_checkpoint
+
+
+def test_fp32_parts_leave_autocast():
+    seen = {}
+
+    @fp32
+    def part(x, xs):
+        seen['dtypes'] = (x.dtype, [t.dtype for t in xs])
+        seen['autocast'] = torch.is_autocast_enabled('cpu')
+        return (x @ x.T).dtype
+
+    x = torch.randn(4, 4)
+    with autocast('bf16', 'cpu'):
+        assert (x @ x.T).dtype == torch.bfloat16  # autocast is on here ...
+        assert part(x, [x.bfloat16()]) == torch.float32  # ... and off inside the float32 part
+    assert seen == {'dtypes': (torch.float32, [torch.float32]), 'autocast': False}
+    assert part(x.double(), [x]) == torch.float64  # float64 stays float64 (the fixture tests run in it)
+    with autocast('none', 'cpu'):
+        assert not torch.is_autocast_enabled('cpu')
+    with pytest.raises(ValueError, match='--amp'):
+        check_amp('fp8', 'cpu')
+
+
+def test_pcm_prototype_and_losses_stay_float32_under_autocast():
+    torch.manual_seed(0)
+    net = resnet50_sfc.Net(21, backbone_width=8).eval()
+    x = torch.randn(2, 3, 64, 64)
+    mask = torch.ones(2, 21, 4, 4)
+    with torch.no_grad(), autocast('bf16', 'cpu'):
+        out = net(x, mask)
+    assert all(out[k].dtype == torch.float32 for k in ('cam', 'proto_cam', 'raw_cam'))
+    with torch.no_grad():
+        ref = net(x, mask)
+    assert (out['cam'] - ref['cam']).abs().max() < 0.05  # bfloat16 convolutions, float32 PCM
+
+
+def test_channels_last_gives_the_same_cams(tiny_voc, tmp_path):
+    works = {k: str(tmp_path / k) for k in ('nchw', 'nhwc')}
+    for k, w in works.items():
+        random_sfc_checkpoint(w)
+        run_sample.main(base_args(tiny_voc, w, '--make_cam_pass', 'True', '--channels_last',
+                                  'False' if k == 'nchw' else 'True'))
+    for n in open(os.path.join(tiny_voc['meta'], 'val.txt')).read().split():
+        a, b = (camio.load_cam(camio.cam_path(os.path.join(w, 'cam'), n)) for w in works.values())
+        np.testing.assert_allclose(a['cam'], b['cam'], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(a['proto_cam'], b['proto_cam'], rtol=0, atol=1e-4)
+    assert use_channels_last('auto', 'cpu') is False and use_channels_last('True', 'cpu') is True
+    assert use_channels_last('auto', 'cpu', inference=True) is True and use_channels_last('auto', 'cuda') is True
+
+
+def test_batchnorm_folded_in_float64_keeps_the_cams():
+    torch.manual_seed(0)
+    net = resnet50_sfc.CAM(21, backbone_width=16).eval()
+    for m in net.modules():  # statistics far from (0, 1), as in trained networks
+        if isinstance(m, resnet50.FixedBatchNorm):
+            m.running_var.uniform_(0.01, 4)
+            m.running_mean.uniform_(-1, 1)
+            m.weight.data.uniform_(0.2, 2)
+    x = torch.randn(2, 3, 97, 129)
+    label = torch.zeros(21)
+    label[[0, 5, 9]] = 1
+    with torch.no_grad():
+        ref = net(x, label)
+        folded = net.__class__(21, backbone_width=16).eval()
+        folded.load_state_dict(net.state_dict())
+        resnet50.fold_batchnorm(folded.resnet50)
+        out = folded(x, label)
+    diff = max(float((a - b).abs().max()) for a, b in zip(out[:2], ref[:2]))
+    assert diff < 1e-5
+
+
+@pytest.mark.parametrize('amp', ['bf16', 'fp16'])
+def test_every_network_step_runs_with_amp(tiny_voc, tmp_path, amp):
+    work = str(tmp_path / amp)
+    val = os.path.join(tiny_voc['meta'], 'val.txt')
+    for d in ('ir_label', 'sem_seg'):  # GT stands in for IR labels and pseudo masks
+        import shutil
+        shutil.copytree(os.path.join(tiny_voc['root'], 'SegmentationClassAug'), os.path.join(work, d))
+    res = run_sample.main(base_args(
+        tiny_voc, work, '--amp', amp, '--sfc_num_epoches', '1', '--sfc_select_on_gt', 'False',
+        '--train_list', val, '--irn_crop_size', '96', '--irn_batch_size', '2', '--irn_num_epoches', '1',
+        '--irn_crop_size_infer', '96', '--exp_times', '3', '--seg_init', 'none', '--seg_depth', '50',
+        '--seg_iters', '2', '--seg_batch_size', '2', '--seg_crop_size', '64', '--seg_lr', '1e-5',
+        '--seg_infer_list', val, '--train_sfc_pass', 'True', '--make_cam_pass', 'True', '--train_irn_pass', 'True',
+        '--make_sem_seg_pass', 'True', '--train_seg_pass', 'True', '--make_seg_pass', 'True'))
+    assert res['train_sfc']['steps'] == 3 and res['train_irn']['steps'] == 3 and res['train_seg']['steps'] == 2
+    for n in open(val).read().split():
+        c = camio.load_cam(camio.cam_path(os.path.join(work, 'cam'), n))
+        assert c['cam'].dtype == np.float32 and np.isfinite(c['cam']).all() and np.isfinite(c['proto_cam']).all()
+    curve = [json.loads(line) for line in open(camio.scalars_path(os.path.join(work, 'metrics'), 'train_sfc'))]
+    assert all(np.isfinite(c['loss/cls']) and c['time/step'] > 0 and 0 <= c['time/data_wait'] <= c['time/step']
+               for c in curve)
+
+
+def test_step_sampler_is_the_epoch_order_and_splits_ranks():
+    n, B, seed = 10, 4, 3
+    one = list(StepSampler(n, B, seed, 1, 5))
+    expect = []
+    for s in range(1, 5):
+        e, w = divmod(s, n // B)
+        expect += [(e, i) for i in epoch_order(seed, e, n)[w * B:(w + 1) * B]]
+    assert one == expect and len(StepSampler(n, B, seed, 1, 5)) == 16
+    ranks = [list(StepSampler(n, B, seed, 1, 5, r, 2)) for r in range(2)]
+    assert [x for s in range(4) for r in range(2) for x in ranks[r][2 * s:2 * s + 2]] == one
+    with pytest.raises(ValueError, match='does not split across 3'):
+        StepSampler(n, B, seed, 0, 1, 0, 3)
