@@ -48,6 +48,36 @@ MAX_CLASSES = 3
 PERIOD = 8  # texture period in pixels
 
 
+def variant_style(variant):
+    """(presence, partner, co_occur, appearance) of a dataset variant. 'a' is the demo's data (above); 'b' is a
+    second, differently built set for checking claims made on 'a': the long-tail order is reshuffled over the
+    classes, six other tail/head pairs share a colour, co-occurrence is weaker, and every class gets another
+    colour and texture."""
+    if variant == 'a':
+        return PRESENCE, PARTNER, CO_OCCUR, APPEARANCE
+    if variant != 'b':
+        raise ValueError(f"synthetic VOC variant must be 'a' or 'b', got {variant!r}")
+    rng = np.random.default_rng(20240101)
+    order = [CAT_LIST[i] for i in rng.permutation(len(CAT_LIST))]  # head first
+    values = sorted(PRESENCE.values(), reverse=True)
+    presence = dict(zip(order, values))
+    heads, tails = order[:6], order[-6:]
+    partner = dict(zip(tails, heads))
+    colours = list(COLOURS)
+    textures = [SOLID, HSTRIPE, VSTRIPE, CHECKER]
+    appearance = {}
+    for i, (tail, head) in enumerate(partner.items()):  # each pair: one colour, two textures
+        c = colours[i]
+        t_head, t_tail = rng.choice(len(textures), 2, replace=False)
+        appearance[head], appearance[tail] = (c, textures[t_head]), (c, textures[t_tail])
+    free = [(c, t) for c in colours[6:] for t in textures]
+    rng.shuffle(free)
+    for cls in order:
+        if cls not in appearance:
+            appearance[cls] = free.pop()
+    return presence, partner, 0.6, appearance
+
+
 def image_size(rng, lo, hi):
     while True:
         h, w = (int(v) for v in rng.integers(lo, hi + 1, size=2))
@@ -55,16 +85,17 @@ def image_size(rng, lo, hi):
             return h, w
 
 
-def _classes(rng):
-    present = [c for c in CAT_LIST if rng.random() < PRESENCE[c]]
-    for tail, head in PARTNER.items():
-        if tail in present and head not in present and rng.random() < CO_OCCUR:
+def _classes(rng, style):
+    presence, partner, co_occur, _ = style
+    present = [c for c in CAT_LIST if rng.random() < presence[c]]
+    for tail, head in partner.items():
+        if tail in present and head not in present and rng.random() < co_occur:
             present.append(head)
     if not present:
-        p = np.array([PRESENCE[c] for c in CAT_LIST])
+        p = np.array([presence[c] for c in CAT_LIST])
         present = [CAT_LIST[int(rng.choice(len(CAT_LIST), p=p / p.sum()))]]
     if len(present) > MAX_CLASSES:
-        keep = [c for c in present if c in PARTNER or c in PARTNER.values()][:2]
+        keep = [c for c in present if c in partner or c in partner.values()][:2]
         rest = [c for c in present if c not in keep]
         rng.shuffle(rest)
         present = keep + rest[:MAX_CLASSES - len(keep)]
@@ -110,13 +141,14 @@ def background(rng, h, w):
     return base + grad + noise
 
 
-def make_sample(rng, h, w):
+def make_sample(rng, h, w, style=None):
     """One image (H,W,3 uint8), its GT (H,W uint8, 255 band) and the visible objects [(class, bbox)]."""
+    style = style or variant_style('a')
     img = background(rng, h, w)
     gt = np.zeros((h, w), np.uint8)
-    for cls in _classes(rng):
+    for cls in _classes(rng, style):
         n_inst = 1 + int(rng.random() < 0.25)
-        colour, kind = APPEARANCE[cls]
+        colour, kind = style[3][cls]
         for _ in range(n_inst):
             m = shape_mask(rng, h, w)
             tex = texture(kind, h, w, rng.integers(0, PERIOD, size=2))
@@ -162,9 +194,10 @@ def _save_png(path, arr, palette):
     img.save(path)
 
 
-def make_synthetic_voc(out_root, n_train=200, n_val=100, n_aug=300, seed=0, min_size=72, max_size=136):
+def make_synthetic_voc(out_root, n_train=200, n_val=100, n_aug=300, seed=0, min_size=72, max_size=136, variant='a'):
     """Write the dataset; returns {'train': ids, 'val': ids, 'aug': ids}. Deterministic in seed."""
     rng = np.random.default_rng(seed)
+    style = variant_style(variant)
     for d in ('JPEGImages', 'Annotations', 'SegmentationClass', 'SegmentationClassAug', 'ImageSets/Segmentation'):
         os.makedirs(os.path.join(out_root, d), exist_ok=True)
     palette = voc_palette()
@@ -176,9 +209,9 @@ def make_synthetic_voc(out_root, n_train=200, n_val=100, n_aug=300, seed=0, min_
             name = f'2012_{k:06d}'
             k += 1
             h, w = image_size(rng, min_size, max_size)
-            img, gt, gt_band, objects = make_sample(rng, h, w)
+            img, gt, gt_band, objects = make_sample(rng, h, w, style)
             if not objects:  # every image carries at least one class
-                img, gt, gt_band, objects = make_sample(rng, h, w)
+                img, gt, gt_band, objects = make_sample(rng, h, w, style)
             cv2.imwrite(os.path.join(out_root, 'JPEGImages', name + '.jpg'), img[:, :, ::-1],
                         [cv2.IMWRITE_JPEG_QUALITY, 92])
             with open(os.path.join(out_root, 'Annotations', name + '.xml'), 'w') as f:
@@ -203,8 +236,10 @@ def main(argv=None):
     p.add_argument('--seed', default=0, type=int)
     p.add_argument('--min_size', default=72, type=int)
     p.add_argument('--max_size', default=136, type=int)
+    p.add_argument('--variant', default='a', choices=('a', 'b'),
+                   help="a: the demo's data; b: a differently built set (other long tail, pairs, appearances)")
     a = p.parse_args(argv)
-    ids = make_synthetic_voc(a.out_root, a.n_train, a.n_val, a.n_aug, a.seed, a.min_size, a.max_size)
+    ids = make_synthetic_voc(a.out_root, a.n_train, a.n_val, a.n_aug, a.seed, a.min_size, a.max_size, a.variant)
     print(f'synthetic VOC at {a.out_root}: ' + ', '.join(f'{k} {len(v)}' for k, v in ids.items()))
 
 
