@@ -88,7 +88,7 @@ def grad_scaler(amp, device):
 
 def use_channels_last(flag, device, inference=False):
     """--channels_last auto|True|False -> bool. auto: on for CUDA (NHWC convolutions on tensor cores) and for
-    inference on CPU, where oneDNN measured 1.10x faster on make_cam (README); CPU training stays NCHW."""
+    inference on CPU, where oneDNN measured faster on make_cam (README); CPU training stays NCHW."""
     if flag == 'auto':
         return torch.device(device).type == 'cuda' or inference
     return str(flag).lower() in ('true', '1', 'yes')

@@ -103,3 +103,37 @@ def load_resume_state(path, max_step):
         raise ValueError(f'{path} was written for {state["max_step"]} steps, this run has {max_step}: '
                          f'delete it (or the work dir) to start afresh')
     return state
+
+
+def resume_writer(path, model, optimizer, max_step):
+    """save(step, **extra) of a training step's resume state (model, optimizer, step, max_step and the step's own
+    extras). The state is the same on every rank; rank 0 writes it."""
+    from misc import camio, distributed
+    main = distributed.is_main()
+
+    def save(step, **extra):
+        if main:
+            camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
+                                   'max_step': max_step, **extra}, path)
+    return save
+
+
+def curve_log(args, name, start_step):
+    """The training curve metrics/<name>_scalars.jsonl (and TensorBoard events with --tensorboard), rank 0 only."""
+    from misc import camio, distributed
+    from misc.pyutils import ScalarLog
+    return ScalarLog(camio.scalars_path(args.metrics_dir, name), start_step,
+                     camio.tensorboard_dir(args.work_dir, name) if args.tensorboard else None,
+                     enabled=distributed.is_main())
+
+
+def progress_line(label, step, max_step, start, t0, meter, losses, lr, images_per_step):
+    """One progress line: the losses' running means (popped from meter), lr, images/s, the data wait against the
+    step time, the ETA."""
+    from misc.pyutils import format_seconds
+    rate = (step - start) / max(time.time() - t0, 1e-9)
+    wait, took = meter.pop('wait'), meter.pop('took')
+    terms = '  '.join(f'{shown} {meter.pop(key):.4f}' for key, shown in losses)
+    eta = format_seconds((max_step - step) / max(rate, 1e-9))
+    return (f'{label} {step - 1:5d}/{max_step}  {terms}  lr {lr:.4g}  {rate * images_per_step:.1f} img/s  '
+            f'data wait {1000 * wait:.0f} ms of {1000 * took:.0f} ms  ETA {eta}')

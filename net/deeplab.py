@@ -217,10 +217,8 @@ def read_state_dict(path_or_url, source):
                                f'to the paper).') from None
     if not os.path.isfile(path_or_url):
         raise FileNotFoundError(f'{source} {path_or_url}: no such file (use imagenet, a path, or none)')
-    try:
-        return torch.load(path_or_url, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f'{source} {path_or_url} cannot be read with weights_only=True ({e})') from None
+    from misc.camio import load_checkpoint
+    return load_checkpoint(path_or_url)
 
 
 def init_layout(init, source='--seg_init'):

@@ -134,29 +134,25 @@ def calibrate(resnet, images):
 
 
 @contextlib.contextmanager
+def _batchnorm_mode(module, attr):
+    bns = [m for m in module.modules() if isinstance(m, FixedBatchNorm)]
+    for m in bns:
+        setattr(m, attr, True)
+    try:
+        yield bns
+    finally:
+        for m in bns:
+            setattr(m, attr, False)
+
+
 def batchnorm_training(module):
     """Inside this context every FixedBatchNorm of `module` in training mode is an ordinary BatchNorm."""
-    bns = [m for m in module.modules() if isinstance(m, FixedBatchNorm)]
-    for m in bns:
-        m.batch_statistics = True
-    try:
-        yield bns
-    finally:
-        for m in bns:
-            m.batch_statistics = False
+    return _batchnorm_mode(module, 'batch_statistics')
 
 
-@contextlib.contextmanager
 def calibrating_batchnorm(module):
     """Inside this context every FixedBatchNorm of `module` takes its statistics from the data it sees."""
-    bns = [m for m in module.modules() if isinstance(m, FixedBatchNorm)]
-    for m in bns:
-        m.calibrating = True
-    try:
-        yield bns
-    finally:
-        for m in bns:
-            m.calibrating = False
+    return _batchnorm_mode(module, 'calibrating')
 
 
 def fold_batchnorm(model):

@@ -17,10 +17,11 @@ from tqdm import tqdm
 from misc import camio, distributed, imutils
 from misc.dataset import get_dataset, num_classes
 from misc.indexing import PathIndex
-from misc.pyutils import AverageMeter, ScalarLog, format_seconds
+from misc.pyutils import AverageMeter
 from misc.torchutils import (PolyOptimizer, autocast, check_amp, configure_cudnn, explain_oom, grad_scaler, set_seed,
                              to_memory_format, use_channels_last)
-from misc.trainutils import DataWait, epoch_order, load_resume_state, schedule, step_loader
+from misc.trainutils import (DataWait, curve_log, epoch_order, load_resume_state, progress_line, resume_writer,
+                             schedule, step_loader)
 from net import resnet50 as resnet
 from net import resnet50_irn
 
@@ -75,22 +76,14 @@ def run(args):
         print(f'  random initialisation: calibrated {resnet.calibrate(model.resnet50, img)} BatchNorm layers '
               f'on {len(order)} training crops')
 
-    main = distributed.is_main()
-
-    def save_state(step):  # the same on every rank; rank 0 writes it
-        if not main:
-            return
-        camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
-                               'max_step': max_step}, resume_path)
-
-    scalars = ScalarLog(camio.scalars_path(args.metrics_dir, 'train_irn'), step,
-                        camio.tensorboard_dir(args.work_dir, 'train_irn') if args.tensorboard else None, enabled=main)
+    save_state = resume_writer(resume_path, model, optimizer, max_step)
+    scalars = curve_log(args, 'train_irn', step)
     try:
         step = train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max_step, save_state,
                           resume_path, scalars, device)
     finally:
         scalars.close()
-    if not main:
+    if not distributed.is_main():
         return {'steps': step}
     if args.irn_dp_mean:
         dp_mean(model, args, ds_mod, device)
@@ -138,12 +131,9 @@ def train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max
                     lr=optimizer.param_groups[0]['lr'], **{'time/data_wait': wait, 'time/step': took})
         pbar.update(1)
         if (step - 1) % args.irn_print_freq == 0 or step == max_step:
-            rate = (step - start) / max(time.time() - t0, 1e-9)
-            wait, took = meter.pop('wait'), meter.pop('took')
-            pbar.write(f'step {step - 1:5d}/{max_step}  L_pos {meter.pop("pos"):.4f}  L_neg {meter.pop("neg"):.4f}  '
-                       f'L_dp_fg {meter.pop("dp_fg"):.4f}  L_dp_bg {meter.pop("dp_bg"):.4f}  '
-                       f'lr {optimizer.param_groups[0]["lr"]:.4g}  data wait {1000 * wait:.0f} ms of '
-                       f'{1000 * took:.0f} ms/step  ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
+            pbar.write(progress_line('step', step, max_step, start, t0, meter,
+                                     [('pos', 'L_pos'), ('neg', 'L_neg'), ('dp_fg', 'L_dp_fg'), ('dp_bg', 'L_dp_bg')],
+                                     optimizer.param_groups[0]['lr'], B))
         if step % args.irn_ckpt_freq == 0:
             save_state(step)
     pbar.close()

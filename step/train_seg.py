@@ -17,10 +17,11 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
-from misc.pyutils import AverageMeter, ScalarLog, format_seconds
+from misc.pyutils import AverageMeter
 from misc.torchutils import (PolyOptimizer, autocast, check_amp, configure_cudnn, explain_oom, grad_scaler, set_seed,
                              to_memory_format, use_channels_last)
-from misc.trainutils import DataWait, epoch_order, load_resume_state, schedule, step_loader
+from misc.trainutils import (DataWait, curve_log, epoch_order, load_resume_state, progress_line, resume_writer,
+                             schedule, step_loader)
 from net import deeplab, seg_loss
 from net.resnet50 import calibrating_batchnorm
 
@@ -131,23 +132,15 @@ def run(args):
     elif args.seg_init == 'none' and args.seg_calibrate_bn:
         calibrate(model, ds, device, max(B, 8), args.seed)
 
-    main = distributed.is_main()
-
-    def save_state(step):  # the same on every rank; rank 0 writes it
-        if not main:
-            return
-        camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
-                               'max_step': max_step}, resume_path)
-
-    scalars = ScalarLog(camio.scalars_path(args.metrics_dir, 'train_seg'), step,
-                        camio.tensorboard_dir(args.work_dir, 'train_seg') if args.tensorboard else None, enabled=main)
+    save_state = resume_writer(resume_path, model, optimizer, max_step)
+    scalars = curve_log(args, 'train_seg', step)
     try:
         step = train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_path,
                           scalars, device)
     finally:
         scalars.close()
     out = os.path.join(args.ckpt_dir, camio.SEG_WEIGHTS)
-    if not main:
+    if not distributed.is_main():
         return {'steps': step, 'weights': out}
     camio.save_checkpoint({'net': model.state_dict(), 'meta': deeplab.checkpoint_meta(model, norm)}, out)
     print(f'  wrote {out} (final weights of update {step}; no selection on GT)')
@@ -193,12 +186,8 @@ def train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_pa
                              'time/step': took})
         pbar.update(1)
         if (step - 1) % args.seg_print_freq == 0 or step == max_step:
-            rate = (step - start) / max(time.time() - t0, 1e-9)
-            wait, took = meter.pop('wait'), meter.pop('took')
-            pbar.write(f'update {step - 1:6d}/{max_step}  loss {meter.pop("loss"):.4f}  '
-                       f'lr {optimizer.param_groups[0]["lr"]:.4g}  {rate * A * B:.1f} img/s  data wait '
-                       f'{1000 * wait:.0f} ms of {1000 * took:.0f} ms/update  '
-                       f'ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
+            pbar.write(progress_line('update', step, max_step, start, t0, meter, [('loss', 'loss')],
+                                     optimizer.param_groups[0]['lr'], A * B))
         if step % args.seg_ckpt_freq == 0:
             save_state(step)
     pbar.close()

@@ -24,10 +24,11 @@ from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
 from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
-from misc.pyutils import AverageMeter, ScalarLog, format_seconds, format_table
+from misc.pyutils import AverageMeter, format_table
 from misc.torchutils import (PolyOptimizer, autocast, check_amp, configure_cudnn, explain_oom, grad_scaler, set_seed,
                              to_memory_format, use_channels_last)
-from misc.trainutils import DataWait, epoch_order, load_resume_state, schedule, step_loader
+from misc.trainutils import (DataWait, curve_log, epoch_order, load_resume_state, progress_line, resume_writer,
+                             schedule, step_loader)
 from net import resnet50_sfc, sfc_loss
 from net import resnet50 as resnet
 
@@ -190,22 +191,18 @@ def run(args):
     elif args.backbone_weights == 'none' and args.sfc_calibrate_bn:
         calibrate(model, train_ds, device, args)
 
-    main = distributed.is_main()
+    save = resume_writer(resume_path, model, optimizer, max_step)
 
-    def save_state(step, best):  # the same on every rank; rank 0 writes it
-        if main:
-            camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
-                                   'max_step': max_step, 'bank': bank.state_dict() if bank is not None else None,
-                                   'bank_rng': bank_gen.get_state(), 'best': best}, resume_path)
+    def save_state(step, best):
+        save(step, bank=bank.state_dict() if bank is not None else None, bank_rng=bank_gen.get_state(), best=best)
 
-    scalars = ScalarLog(camio.scalars_path(args.metrics_dir, 'train_sfc'), start,
-                        camio.tensorboard_dir(args.work_dir, 'train_sfc') if args.tensorboard else None, enabled=main)
+    scalars = curve_log(args, 'train_sfc', start)
     try:
         step, best = train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, start, max_step,
                                 best, save_state, resume_path, scalars, device)
     finally:
         scalars.close()
-    if not main:
+    if not distributed.is_main():
         return {'steps': step, 'best': best, 'weights': None}
     camio.save_checkpoint({'net': model.state_dict()}, os.path.join(ckpt, camio.SFC_FINAL))
     chosen = camio.SFC_FINAL
@@ -268,12 +265,9 @@ def train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, s
                              'lr': optimizer.param_groups[0]['lr'], 'time/data_wait': wait, 'time/step': took})
         pbar.update(1)
         if (step - 1) % args.sfc_print_freq == 0 or step == max_step:
-            rate = (step - start) / max(time.time() - t0, 1e-9)
-            wait, took = meter.pop('wait'), meter.pop('took')
-            pbar.write(f'step {step - 1:5d}/{max_step}  lossCLS {meter.pop("cls"):.4f}  L_PDW {meter.pop("pdw"):.4f}  '
-                       f'L_WDW {meter.pop("wdw"):.4f}  lr {optimizer.param_groups[0]["lr"]:.4g}  '
-                       f'{rate * B:.1f} img/s  data wait {1000 * wait:.0f} ms of {1000 * took:.0f} ms/step  '
-                       f'ETA {format_seconds((max_step - step) / max(rate, 1e-9))}')
+            pbar.write(progress_line('step', step, max_step, start, t0, meter,
+                                     [('cls', 'lossCLS'), ('pdw', 'L_PDW'), ('wdw', 'L_WDW')],
+                                     optimizer.param_groups[0]['lr'], B))
         if val_ds is not None and main and (step - 1) % args.sfc_val_freq == 0 and step > args.sfc_val_min_step:
             scores = validate(model, val_ds, device, amp=args.amp)
             miou = {k: v['miou'] for k, v in scores.items()}
