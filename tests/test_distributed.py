@@ -84,6 +84,7 @@ def test_sfc_first_update_equals_one_process(tiny_voc, tmp_path, short_lists):
     torchrun(2, sfc_args(tiny_voc, works['two'], short_lists['four'], *one_step))
     w = {k: weights(os.path.join(v, 'ckpt', camio.SFC_FINAL)) for k, v in works.items()}
     gap, n = relative_update_gap(w['start'], w['one'], w['two'])
+    print(f'SFC first update, 2 processes against 1: largest relative gap {gap:.2e} over {n} tensors')
     assert n > 50 and gap < 1e-5, gap
     r1, r2 = (torch.load(os.path.join(works[k], 'ckpt', camio.SFC_RESUME), weights_only=True) for k in ('one', 'two'))
     assert torch.equal(r1['bank']['img'], r2['bank']['img']) and torch.equal(r1['bank_rng'], r2['bank_rng'])
@@ -104,6 +105,8 @@ def test_sfc_later_steps_same_batches_bank_and_close_losses(tiny_voc, tmp_path, 
     c1, c2 = (curve_without_timing(camio.scalars_path(os.path.join(works[k], 'metrics'), 'train_sfc'))
               for k in ('one', 'two'))
     assert [c['step'] for c in c1] == [c['step'] for c in c2] == list(range(1, 7))
+    print('6 steps, 2 processes against 1: largest relative loss gap ' + str(max(
+        abs(b[k] - a[k]) / max(abs(a[k]), 1e-6) for a, b in zip(c1, c2) for k in ('loss/cls', 'loss/pdw', 'loss/wdw'))))
     for a, b in zip(c1, c2):
         assert a['lr'] == pytest.approx(b['lr'], rel=1e-12)
         for k in ('loss/cls', 'loss/pdw', 'loss/wdw'):
@@ -125,6 +128,8 @@ def test_sfc_killed_rank_resumes_where_an_uninterrupted_run_ends(tiny_voc, tmp_p
     assert torch.equal(r['whole']['bank']['img'], r['killed']['bank']['img'])
     assert torch.equal(r['whole']['bank_rng'], r['killed']['bank_rng'])
     a, b = (weights(os.path.join(v, 'ckpt', camio.SFC_FINAL)) for v in works.values())
+    print('killed and resumed against uninterrupted: largest weight difference '
+          f'{max(float((a[k].double() - b[k].double()).abs().max()) for k in a):.2e}')
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
     # and the state is independent of the process count: one process resumes a two-process run
@@ -149,6 +154,7 @@ def test_irn_and_deeplab_first_update_equal_one_process(tiny_voc, tmp_path, shor
         torchrun(2, base_args(tiny_voc, works['two'], *step_args))
         w = {k: weights(os.path.join(v, 'ckpt', out)) for k, v in works.items()}
         gap, n = relative_update_gap(w['start'], w['one'], w['two'])
+        print(f'{out} first update, 2 processes against 1: largest relative gap {gap:.2e} over {n} tensors')
         assert n > 5 and gap < 1e-5, (out, gap)
 
 
