@@ -317,6 +317,8 @@ def test_train_make_eval_seg_end_to_end(tiny_voc, tmp_path):
             p = camio.read_label(os.path.join(work, d, n + '.png'))
             assert p.shape == size and p.max() < 21
         assert Image.open(os.path.join(work, 'seg_palette', n + '.png')).mode == 'P'
+    with Image.open(os.path.join(work, 'vis', 'eval_seg_per_class.png')) as im:  # the per-class bar chart
+        assert im.size[0] > 300 and im.size[1] > 200
     m = json.load(open(os.path.join(work, 'metrics', 'eval_seg.json')))
     assert m['crf'] is True and 0 <= m['miou'] <= 1 and 0 <= m['miou_no_crf'] <= 1 and m['n_images'] == len(val)
     # re-running skips finished predictions and finished training

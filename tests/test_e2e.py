@@ -106,6 +106,10 @@ def test_pipeline_through_eval_sem_seg(tiny_voc, tmp_path):
         assert pal.mode == 'P'
     m = json.load(open(os.path.join(work, 'metrics', 'eval_sem_seg.json')))
     assert 0 <= m['miou'] <= 1 and m['n_images'] == len(names) and 0 < m['ir_label']['coverage'] <= 1
+    assert 0 <= m['ir_label']['miou_as_mask'] <= 1
+    for chart in ('eval_cam_per_class.png', 'eval_sem_seg_per_class.png'):  # classes by training count
+        with __import__('PIL.Image', fromlist=['Image']).open(os.path.join(work, 'vis', chart)) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
     assert res['train_irn']['steps'] == 2 * (len(names) // 2)
     sd = torch.load(os.path.join(work, 'ckpt', camio.IRN_WEIGHTS), weights_only=True)['net']
     assert 'fc_dp7.4.running_mean' in sd and not any(k.startswith('path_indices') for k in sd)

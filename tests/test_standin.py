@@ -115,3 +115,18 @@ def test_ablation_runner_end_to_end(tiny_voc, tmp_path, capsys):
             assert im.size[0] > 300
     again = ablation.main(argv)  # finished rows are reused, not retrained
     assert set(again['seconds'].values()) == {0.0} and again['rows']['sfc']['miou_cam'] == out['rows']['sfc']['miou_cam']
+
+
+def test_second_synthetic_set_is_built_differently(tmp_path):
+    from voc12 import synthetic
+    a, b = synthetic.variant_style('a'), synthetic.variant_style('b')
+    assert max(b[0], key=b[0].get) != max(a[0], key=a[0].get)  # another head class
+    assert set(b[1].items()).isdisjoint(a[1].items()) and len(b[1]) == 6  # other tail/head pairs
+    assert all(b[3][t][0] == b[3][h][0] and b[3][t][1] != b[3][h][1] for t, h in b[1].items())  # colour shared
+    assert len(set(b[3].values())) == 20 and b[3] != a[3]
+    ids = synthetic.make_synthetic_voc(str(tmp_path / 'b'), 3, 2, 1, seed=0, min_size=40, max_size=60, variant='b')
+    again = synthetic.make_synthetic_voc(str(tmp_path / 'b2'), 3, 2, 1, seed=0, min_size=40, max_size=60, variant='b')
+    assert ids == again
+    for n in ids['train']:
+        assert (tmp_path / 'b' / 'JPEGImages' / f'{n}.jpg').read_bytes() == \
+            (tmp_path / 'b2' / 'JPEGImages' / f'{n}.jpg').read_bytes()
