@@ -137,3 +137,22 @@ def progress_line(label, step, max_step, start, t0, meter, losses, lr, images_pe
     eta = format_seconds((max_step - step) / max(rate, 1e-9))
     return (f'{label} {step - 1:5d}/{max_step}  {terms}  lr {lr:.4g}  {rate * images_per_step:.1f} img/s  '
             f'data wait {1000 * wait:.0f} ms of {1000 * took:.0f} ms  ETA {eta}')
+
+
+def training_device(args):
+    """The device of a training step, after seeding every generator, checking --amp and turning on cuDNN
+    autotuning for its fixed-size crops."""
+    from misc.torchutils import check_amp, configure_cudnn, set_seed
+    device = torch.device(args.device)
+    set_seed(args.seed, args.deterministic)
+    check_amp(args.amp, device)
+    configure_cudnn(device, fixed_size=True, deterministic=args.deterministic)
+    return device
+
+
+def apply_update(optimizer, scaler, step):
+    """optimizer.step() through the fp16 loss scaler (which skips an update with inf/NaN gradients); the poly
+    schedule follows the update counter either way."""
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.global_step = step + 1

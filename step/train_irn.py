@@ -18,10 +18,9 @@ from misc import camio, distributed, imutils
 from misc.dataset import get_dataset, num_classes
 from misc.indexing import PathIndex
 from misc.pyutils import AverageMeter
-from misc.torchutils import (PolyOptimizer, autocast, check_amp, configure_cudnn, explain_oom, grad_scaler, set_seed,
-                             to_memory_format, use_channels_last)
-from misc.trainutils import (DataWait, curve_log, epoch_order, load_resume_state, progress_line, resume_writer,
-                             schedule, step_loader)
+from misc.torchutils import PolyOptimizer, autocast, explain_oom, grad_scaler, to_memory_format, use_channels_last
+from misc.trainutils import (DataWait, apply_update, curve_log, epoch_order, load_resume_state, progress_line,
+                             resume_writer, schedule, step_loader, training_device)
 from net import resnet50 as resnet
 from net import resnet50_irn
 
@@ -37,10 +36,7 @@ def affinity_labels_torch(reduced, src, dst, n_classes):
 
 
 def run(args):
-    device = torch.device(args.device)
-    set_seed(args.seed, args.deterministic)
-    check_amp(args.amp, device)
-    configure_cudnn(device, fixed_size=True, deterministic=args.deterministic)
+    device = training_device(args)
     ds_mod = get_dataset(args)
     crop = args.irn_crop_size
     ds = ds_mod.AffinityDataset(args.train_list, args.dataset_root, args.ir_label_dir, crop,
@@ -121,9 +117,7 @@ def train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max
         if not torch.isfinite(losses['total']):
             raise FloatingPointError(f'train_irn: non-finite loss at step {step}; the last good state stays in '
                                      f'{resume_path}. Lower --irn_lr.')
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.global_step = step + 1
+        apply_update(optimizer, scaler, step)
         wait, took = batches.lap()
         meter.add({**{k: losses[k].item() for k in ('pos', 'neg', 'dp_fg', 'dp_bg')}, 'wait': wait, 'took': took})
         step += 1

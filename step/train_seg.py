@@ -18,10 +18,9 @@ from tqdm import tqdm
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
 from misc.pyutils import AverageMeter
-from misc.torchutils import (PolyOptimizer, autocast, check_amp, configure_cudnn, explain_oom, grad_scaler, set_seed,
-                             to_memory_format, use_channels_last)
-from misc.trainutils import (DataWait, curve_log, epoch_order, load_resume_state, progress_line, resume_writer,
-                             schedule, step_loader)
+from misc.torchutils import PolyOptimizer, autocast, explain_oom, grad_scaler, to_memory_format, use_channels_last
+from misc.trainutils import (DataWait, apply_update, curve_log, epoch_order, load_resume_state, progress_line,
+                             resume_writer, schedule, step_loader, training_device)
 from net import deeplab, seg_loss
 from net.resnet50 import calibrating_batchnorm
 
@@ -102,10 +101,7 @@ def calibrate(model, ds, device, n_images, seed):
 
 
 def run(args):
-    device = torch.device(args.device)
-    set_seed(args.seed, args.deterministic)
-    check_amp(args.amp, device)
-    configure_cudnn(device, fixed_size=True, deterministic=args.deterministic)
+    device = training_device(args)
     ds_mod = get_dataset(args)
     n_cls = num_classes(args)
     model, norm = build_model(args, n_cls)
@@ -176,9 +172,7 @@ def train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_pa
         if not torch.isfinite(loss):
             raise FloatingPointError(f'train_seg: non-finite loss at update {step}; the last good state stays in '
                                      f'{resume_path}. Lower --seg_lr, or use --seg_loss balanced with ImageNet init.')
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.global_step = step + 1
+        apply_update(optimizer, scaler, step)
         wait, took = batches.lap()
         step += 1
         meter.add({'loss': loss.item(), 'wait': wait, 'took': took})

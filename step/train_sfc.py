@@ -25,10 +25,9 @@ from misc.dataset import get_dataset, num_classes
 from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
 from misc.pyutils import AverageMeter, format_table
-from misc.torchutils import (PolyOptimizer, autocast, check_amp, configure_cudnn, explain_oom, grad_scaler, set_seed,
-                             to_memory_format, use_channels_last)
-from misc.trainutils import (DataWait, curve_log, epoch_order, load_resume_state, progress_line, resume_writer,
-                             schedule, step_loader)
+from misc.torchutils import PolyOptimizer, autocast, explain_oom, grad_scaler, to_memory_format, use_channels_last
+from misc.trainutils import (DataWait, apply_update, curve_log, epoch_order, load_resume_state, progress_line,
+                             resume_writer, schedule, step_loader, training_device)
 from net import resnet50_sfc, sfc_loss
 from net import resnet50 as resnet
 
@@ -133,10 +132,7 @@ def validation_table(scores, class_names):
 
 
 def run(args):
-    device = torch.device(args.device)
-    set_seed(args.seed, args.deterministic)
-    check_amp(args.amp, device)
-    configure_cudnn(device, fixed_size=True, deterministic=args.deterministic)
+    device = training_device(args)
     ds_mod = get_dataset(args)
     crop = args.sfc_crop_size
     if crop % 32:
@@ -255,9 +251,7 @@ def train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, s
                 f'wdw {loss_wdw.item():.4g}); the last good state stays in {resume_path}. Lower --sfc_lr.')
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.sfc_grad_clip)
-        scaler.step(optimizer)  # optimizer.step(), skipped by fp16 loss scaling on inf/NaN gradients
-        scaler.update()
-        optimizer.global_step = step + 1  # the poly schedule follows the step even where fp16 skipped one
+        apply_update(optimizer, scaler, step)
         wait, took = batches.lap()
         meter.add({'cls': loss_cls.item(), 'pdw': loss_pdw.item(), 'wdw': loss_wdw.item(), 'wait': wait, 'took': took})
         step += 1
