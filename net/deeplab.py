@@ -230,14 +230,13 @@ def init_layout(init, source='--seg_init'):
     return to_model_keys(sd, f'{source} {init}')
 
 
-def default_stride_in(layout):
-    """Where the stride of a downsampling block goes for these weights: torchvision trained it in the 3x3."""
-    return '3x3' if layout == 'torchvision' else '1x1'
-
-
-def default_input_norm(layout):
-    """torchvision weights expect RGB/255 mean/std; Caffe-converted (and random) ones BGR minus the mean."""
-    return 'torchvision' if layout == 'torchvision' else 'caffe'
+def resolve_stride_and_norm(layout, stride_in='auto', input_norm='auto'):
+    """(stride_in, input_norm) for weights of this layout; 'auto' follows the weights: torchvision trained the
+    stride in the 3x3 and expects RGB/255 mean/std, Caffe-converted (and random) weights the 1x1 and BGR minus
+    the mean."""
+    tv = layout == 'torchvision'
+    return (('3x3' if tv else '1x1') if stride_in == 'auto' else stride_in,
+            ('torchvision' if tv else 'caffe') if input_norm == 'auto' else input_norm)
 
 
 def load_weights(model, sd, source, allow_fresh_head=True):

@@ -37,8 +37,7 @@ def load_seg_model(args, n_classes, device=None):
         msc, rates = meta['msc_scales'], meta['aspp_rates']
     else:
         depth, width, msc, rates = args.seg_depth, args.backbone_width, args.seg_msc_scales, args.seg_aspp_rates
-        stride_in = deeplab.default_stride_in(layout) if args.seg_stride_in == 'auto' else args.seg_stride_in
-        norm = deeplab.default_input_norm(layout) if args.seg_input_norm == 'auto' else args.seg_input_norm
+        stride_in, norm = deeplab.resolve_stride_and_norm(layout, args.seg_stride_in, args.seg_input_norm)
     model = deeplab.build(n_classes, depth, width, stride_in, rates, msc)
     deeplab.load_weights(model, sd, f'--seg_weights {args.seg_weights}', allow_fresh_head=False)
     model.eval()
@@ -81,6 +80,7 @@ def _work(rank, indices, device, args):
     model, norm = load_seg_model(args, n_cls, device)
     ds = get_dataset(args).SegInferDataset(args.seg_infer_list, args.seg_infer_root, norm)
     palette = voc_palette()
+    channels_last = use_channels_last(args.channels_last, device, inference=True)
     for pack in tqdm(prefetch_loader(ds, indices, args.num_workers, device), desc=f'make_seg[{rank}]',
                      position=rank, dynamic_ncols=True, mininterval=5):
         name, raw = pack['name'], pack['raw'].numpy()
@@ -88,8 +88,7 @@ def _work(rank, indices, device, args):
         with explain_oom(f'make_seg, image {name} ({size[0]}x{size[1]})', oom_advice(args, device), device), \
                 torch.inference_mode():
             logits = predict_logits(model, pack['img'][None].to(device, non_blocking=True), size,
-                                    args.seg_test_scales, args.seg_test_flip, args.amp,
-                                    use_channels_last(args.channels_last, device, inference=True))
+                                    args.seg_test_scales, args.seg_test_flip, args.amp, channels_last)
             prob = F.softmax(logits, dim=0)
             pred = torch.argmax(prob, dim=0).cpu().numpy().astype(np.uint8)
         if args.seg_crf:
@@ -136,8 +135,8 @@ def run(args):
     if todo:
         run_sharded(_work, args, todo)
     out = {'n_images': len(ds), 'computed': len(todo)}
-    if args.seg_export_voc_test and distributed.world() > 1:
-        distributed.barrier()  # every rank's predictions are written
+    if args.seg_export_voc_test:
+        distributed.barrier()  # every rank's predictions are written (a no-op for one process)
     if args.seg_export_voc_test and distributed.is_main():
         folder, tar_path = export_voc_test(ds.names, args.seg_dir, os.path.join(args.work_dir, camio.VOC_TEST_EXPORT),
                                            num_classes(args))

@@ -32,8 +32,7 @@ def resolve_init(args):
                          f'deeplabv1_resnet101-coco.pth (or imagenet, another file, or none)')
     src = deeplab.TORCHVISION_URL[args.seg_depth] if args.seg_init == 'imagenet' else args.seg_init
     sd, layout = deeplab.init_layout(src, '--seg_init')
-    stride_in = deeplab.default_stride_in(layout) if args.seg_stride_in == 'auto' else args.seg_stride_in
-    norm = deeplab.default_input_norm(layout) if args.seg_input_norm == 'auto' else args.seg_input_norm
+    stride_in, norm = deeplab.resolve_stride_and_norm(layout, args.seg_stride_in, args.seg_input_norm)
     return sd, layout, stride_in, norm, src
 
 
