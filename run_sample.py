@@ -54,7 +54,8 @@ def get_parser():
                    help='mixed precision for every network (torch.autocast; fp16 with loss scaling). none = the '
                         "authors' float32; normalisations, PCM, prototype, random walk, CRF and losses stay float32")
     a.add_argument('--channels_last', default='auto', choices=('auto', 'True', 'False'),
-                   help='NHWC memory layout for the networks; auto = on for CUDA (README: measured speed)'),
+                   help="NHWC memory layout for the networks; auto = on for CUDA, off on CPU (NCHW is the authors' "
+                        "arithmetic; channels-last moves the CAMs further from theirs: README)")
     a.add_argument('--run_log', '--log', dest='log', default=True, type=str2bool,
                    help='tee stdout into work_dir/run.log (spell it --run_log under torchrun, whose parser takes --log '
                         'for its own --log-dir)')
@@ -129,7 +130,7 @@ def get_parser():
     a.add_argument('--cam_norm_eps', default=1e-5, type=float, help='max-normalisation eps (make_cam.py:61, :73)')
     a.add_argument('--cam_fold_bn', default=False, type=str2bool,
                    help="fold BatchNorm into the convs for make_cam/make_sem_seg (in float64): 7%% faster on CPU, off by "
-                        "default because folding moved the classifier CAM 3.8e-4 from the authors' (README)")
+                        "default: folding moved the classifier CAM 3.8e-4 from the authors' and float64 folding is no closer (README)")
     a.add_argument('--cam_skip_existing', default=True, type=str2bool, help='skip images whose cam/<id>.npz is complete')
     a.add_argument('--cam_eval_source', default=['proto_cam'], nargs='+', choices=camio.CAM_SOURCES,
                    help='CAM(s) scored; the authors score proto_cam only (SFC/eval_cam.py:20)')

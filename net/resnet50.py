@@ -155,10 +155,10 @@ def calibrating_batchnorm(module):
     return _batchnorm_mode(module, 'calibrating')
 
 
-def fold_batchnorm(model):
+def fold_batchnorm(model, compute_dtype=torch.float64):
     """Inference only: fold every FixedBatchNorm into the conv before it (conv gains a bias, the BN becomes
-    Identity). The folded weights w * gamma / sqrt(var + eps) and bias are computed in float64 and rounded once
-    to float32, so folding adds one rounding per weight (README: its distance to the unfolded network)."""
+    Identity). The folded weights w * gamma / sqrt(var + eps) and bias are computed in `compute_dtype` (float64:
+    rounded once to the weights' dtype; float32 is what torch's own fusion does, kept for tools/cam_fidelity.py)."""
     import copy
 
     from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -167,8 +167,8 @@ def fold_batchnorm(model):
         conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
         if isinstance(bn, FixedBatchNorm):
             dtype = conv.weight.dtype
-            c64, b64 = copy.deepcopy(conv).double().eval(), copy.deepcopy(bn).double().eval()
-            setattr(parent, conv_name, fuse_conv_bn_eval(c64, b64).to(dtype))
+            c, b = copy.deepcopy(conv).to(compute_dtype).eval(), copy.deepcopy(bn).to(compute_dtype).eval()
+            setattr(parent, conv_name, fuse_conv_bn_eval(c, b).to(dtype))
             setattr(parent, bn_name, nn.Identity())
     for m in list(model.modules()):
         if isinstance(m, ResNet):

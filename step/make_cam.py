@@ -39,7 +39,7 @@ def load_cam_model(args, device):
                              bg_factor=args.sfc_proto_bg_factor)
     resnet50_sfc.load_sfc_weights(model, camio.load_checkpoint(args.sfc_weights), args.sfc_weights)
     return prepare_for_inference(model, device, args.cam_fold_bn,
-                                 use_channels_last(args.channels_last, device, inference=True))
+                                 use_channels_last(args.channels_last, device))
 
 
 def cams_of(model, pack, n_cls, size, args, device):
@@ -48,7 +48,7 @@ def cams_of(model, pack, n_cls, size, args, device):
     label = torch.zeros(n_cls, device=device)
     label[torch.as_tensor(keys, device=device)] = 1
     cams, protos = [], []
-    channels_last = use_channels_last(args.channels_last, device, inference=True)
+    channels_last = use_channels_last(args.channels_last, device)
     with torch.inference_mode():
         for img in pack['img']:
             with autocast(args.amp, device):

@@ -44,7 +44,7 @@ def load_seg_model(args, n_classes, device=None):
     if device is None:
         return model, norm
     configure_cudnn(device, fixed_size=False)
-    return to_memory_format(model.to(device), use_channels_last(args.channels_last, device, inference=True)), norm
+    return to_memory_format(model.to(device), use_channels_last(args.channels_last, device)), norm
 
 
 def predict_logits(model, img, size, scales=(1.0,), flip=False, amp='none', channels_last=False):
@@ -80,7 +80,7 @@ def _work(rank, indices, device, args):
     model, norm = load_seg_model(args, n_cls, device)
     ds = get_dataset(args).SegInferDataset(args.seg_infer_list, args.seg_infer_root, norm)
     palette = voc_palette()
-    channels_last = use_channels_last(args.channels_last, device, inference=True)
+    channels_last = use_channels_last(args.channels_last, device)
     for pack in tqdm(prefetch_loader(ds, indices, args.num_workers, device), desc=f'make_seg[{rank}]',
                      position=rank, dynamic_ncols=True, mininterval=5):
         name, raw = pack['name'], pack['raw'].numpy()

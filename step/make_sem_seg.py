@@ -60,7 +60,7 @@ def load_edge_model(args, device):
                                           backbone_width=args.backbone_width, backbone_weights='none')
     resnet50_irn.load_irn_weights(model, camio.load_checkpoint(args.irn_weights), args.irn_weights)
     return prepare_for_inference(model, device, args.cam_fold_bn,
-                                 use_channels_last(args.channels_last, device, inference=True))
+                                 use_channels_last(args.channels_last, device))
 
 
 def _work(rank, indices, device, args):
@@ -78,7 +78,7 @@ def _work(rank, indices, device, args):
                          oom_advice(device), device), torch.inference_mode():
             with autocast(args.amp, device):
                 edge, _ = model(to_memory_format(pack['img'][0].to(device, non_blocking=True),
-                                                 use_channels_last(args.channels_last, device, inference=True)))
+                                                 use_channels_last(args.channels_last, device)))
             lab = pseudo_label(cams, edge, size, args)
         camio.write_label(camio.label_path(args.sem_seg_palette_dir, name), lab, palette)
         camio.write_label(camio.label_path(args.sem_seg_dir, name), lab)  # last: its presence marks completion

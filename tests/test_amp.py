@@ -60,7 +60,7 @@ def test_channels_last_gives_the_same_cams(tiny_voc, tmp_path):
         np.testing.assert_allclose(a['cam'], b['cam'], rtol=0, atol=1e-5)
         np.testing.assert_allclose(a['proto_cam'], b['proto_cam'], rtol=0, atol=1e-4)
     assert use_channels_last('auto', 'cpu') is False and use_channels_last('True', 'cpu') is True
-    assert use_channels_last('auto', 'cpu', inference=True) is True and use_channels_last('auto', 'cuda') is True
+    assert use_channels_last('auto', 'cuda') is True and use_channels_last('False', 'cuda') is False
 
 
 def test_batchnorm_folded_in_float64_keeps_the_cams():
@@ -119,3 +119,22 @@ def test_step_sampler_is_the_epoch_order_and_splits_ranks():
     assert [x for s in range(4) for r in range(2) for x in ranks[r][2 * s:2 * s + 2]] == one
     with pytest.raises(ValueError, match='does not split across 3'):
         StepSampler(n, B, seed, 0, 1, 0, 3)
+
+
+def test_cam_fidelity_tool_measures_each_variant(tmp_path):
+    """tools/cam_fidelity.py runs make_cam's own cams_of per variant: float32 variants sit near the reference and
+    the float64 value, bf16 autocast visibly further; the reference has no distance to itself."""
+    from tools import cam_fidelity
+    weights = random_sfc_checkpoint(str(tmp_path))
+    names = [v[0] for v in cam_fidelity.VARIANTS]
+    pick = [0, 1, 3, 4, names.index('NCHW, --amp bf16'), len(names) - 1]
+    res = cam_fidelity.main(['--sfc_weights', weights, '--width', '8', '--images', '1', '--height', '60',
+                             '--width_px', '80', '--scales', '1.0', '0.5', '--variants', *map(str, pick),
+                             '--json', str(tmp_path / 'f.json')])
+    by = {r['variant']: r for r in res}
+    assert 'reference' not in by[names[0]] and by[names[0]]['float64']['cam'] > 0  # float32 is not float64
+    for n in (names[1], names[3], names[4]):
+        assert by[n]['reference']['cam'] < 1e-4 and by[n]['float64']['cam'] < 1e-4
+    bf16 = by['NCHW, --amp bf16']['float64']['cam']
+    assert bf16 > 10 * max(by[n]['float64']['cam'] for n in (names[0], names[1], names[3], names[4]))
+    assert json.load(open(tmp_path / 'f.json'))['variants'][0]['variant'] == names[0]

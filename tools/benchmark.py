@@ -54,9 +54,9 @@ def _timed(a, once):
     return sum(times) / len(times)
 
 
-def _layout(a, inference=False):
+def _layout(a):
     from misc.torchutils import use_channels_last
-    return use_channels_last(a.channels_last, a.device, inference)
+    return use_channels_last(a.channels_last, a.device)
 
 
 def _result(a, stage, seconds, unit, images, **extra):
@@ -119,7 +119,7 @@ def _make_cam_stage(a, optimised):
     from step.make_cam import postprocess
     from voc12.dataloader import multiscale_flip
     torch.manual_seed(0)
-    layout = _layout(a, True) if optimised else False
+    layout = _layout(a) if optimised else False
     model = prepare_for_inference(CAM(a.classes + 1, backbone_width=a.width), a.device,
                                   fold_bn=optimised and a.fold_bn, channels_last=layout)
     rng = np.random.default_rng(0)
@@ -187,7 +187,7 @@ def stage_make_sem_seg(a):
     from voc12.dataloader import multiscale_flip
     torch.manual_seed(0)
     model = prepare_for_inference(EdgeDisplacement(crop_size=512, backbone_width=a.width), a.device,
-                                  channels_last=_layout(a, True))
+                                  channels_last=_layout(a))
     img, cams = _synthetic_cams(a)
     args = ap.Namespace(sem_seg_proto_weight=0.3, sem_seg_power=1.3, sem_seg_double_power=True, sem_seg_bg_value=0.25,
                         sem_seg_radius=5, beta=10, exp_times=8)
@@ -197,7 +197,7 @@ def stage_make_sem_seg(a):
         with torch.inference_mode():
             with autocast(a.amp, a.device):
                 x = torch.from_numpy(multiscale_flip(img, (1.0,))[0]).to(a.device)
-                edge, _ = model(to_memory_format(x, _layout(a, True)))
+                edge, _ = model(to_memory_format(x, _layout(a)))
             _sync(a)
             t1 = time.perf_counter()
             pseudo_label(cams, edge, img.shape[:2], args)
@@ -272,14 +272,14 @@ def stage_make_seg(a):
     from net import deeplab
     from step.make_seg import predict_logits
     torch.manual_seed(0)
-    model = to_memory_format(deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').to(a.device).eval(), _layout(a, True))
+    model = to_memory_format(deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').to(a.device).eval(), _layout(a))
     img, _ = _synthetic_cams(a)
     x = torch.from_numpy(deeplab.normalize_image(img, 'caffe').transpose(2, 0, 1).copy())[None].to(a.device)
     crf = []
 
     def once():
         with torch.inference_mode():
-            prob = F.softmax(predict_logits(model, x, img.shape[:2], amp=a.amp, channels_last=_layout(a, True)), dim=0)
+            prob = F.softmax(predict_logits(model, x, img.shape[:2], amp=a.amp, channels_last=_layout(a)), dim=0)
             prob = prob.cpu().numpy()
         t1 = time.perf_counter()
         np.argmax(crf_inference_softmax(img, prob), axis=0)
