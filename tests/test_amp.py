@@ -122,19 +122,23 @@ def test_step_sampler_is_the_epoch_order_and_splits_ranks():
 
 
 def test_cam_fidelity_tool_measures_each_variant(tmp_path):
-    """tools/cam_fidelity.py runs make_cam's own cams_of per variant: float32 variants sit near the reference and
+    """tools/cam_fidelity.py runs make_cam's own cams_of per variant: the default differs from the authors'
+    arithmetic only in the prototype's form (classifier CAM identical), float32 variants sit near the reference and
     the float64 value, bf16 autocast visibly further; the reference has no distance to itself."""
     from tools import cam_fidelity
     weights = random_sfc_checkpoint(str(tmp_path))
     names = [v[0] for v in cam_fidelity.VARIANTS]
-    pick = [0, 1, 3, 4, names.index('NCHW, --amp bf16'), len(names) - 1]
+    ref, default, one_thread, cl = names[0], names[1], names[2], names[5]
+    assert 'default' in default and 'channels-last, BN unfolded' in cl
+    pick = [0, 1, 2, 5, names.index('NCHW, --amp bf16'), len(names) - 1]
     res = cam_fidelity.main(['--sfc_weights', weights, '--width', '8', '--images', '1', '--height', '60',
                              '--width_px', '80', '--scales', '1.0', '0.5', '--variants', *map(str, pick),
                              '--json', str(tmp_path / 'f.json')])
     by = {r['variant']: r for r in res}
-    assert 'reference' not in by[names[0]] and by[names[0]]['float64']['cam'] > 0  # float32 is not float64
-    for n in (names[1], names[3], names[4]):
+    assert 'reference' not in by[ref] and by[ref]['float64']['cam'] > 0  # float32 is not float64
+    assert by[default]['reference']['cam'] == 0 and by[default]['reference']['proto'] < 1e-5
+    for n in (one_thread, cl):
         assert by[n]['reference']['cam'] < 1e-4 and by[n]['float64']['cam'] < 1e-4
     bf16 = by['NCHW, --amp bf16']['float64']['cam']
-    assert bf16 > 10 * max(by[n]['float64']['cam'] for n in (names[0], names[1], names[3], names[4]))
-    assert json.load(open(tmp_path / 'f.json'))['variants'][0]['variant'] == names[0]
+    assert bf16 > 10 * max(by[n]['float64']['cam'] for n in (ref, default, one_thread, cl))
+    assert json.load(open(tmp_path / 'f.json'))['variants'][0]['variant'] == ref

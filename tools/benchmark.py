@@ -8,8 +8,9 @@ Each stage runs in a fresh subprocess, so that its peak memory is its own: the r
 torch.cuda.max_memory_allocated on CUDA. Random weights are used (no download); the cost does not depend on the
 weight values. Sizes are the authors': ResNet-50 at crop 512 with batch 16 + 4 bank images (SFC), batch 32
 (IRN), 500x375 images with 4 scales x flip (make_cam), DeepLab-v2 ResNet-101 at crop 321 with batch 10.
-`make_cam_unoptimised` computes what the authors' make_cam computes per image with the plain layout (BatchNorm
-not folded, NCHW, every channel upsampled): the reference the optimised `make_cam` is compared with.
+`make_cam_unoptimised` computes what the authors' make_cam computes per image as they compute it (BatchNorm not
+folded, NCHW, every channel upsampled, the prototype through an (n, 21, 768, h, w) tensor): the reference the
+optimised `make_cam` is compared with.
 """
 import argparse
 import json
@@ -111,6 +112,17 @@ def stage_train_step(a):
                       f'width {a.width}{procs})', s, 'per step', B + K, bank_mb=bank.nbytes() / 2 ** 20)
 
 
+def authors_prototype(norm_cam, feature, mask, bg_factor=0.3, cos_eps=1e-8):
+    """The prototype CAM as the authors compute it (SPEC B2.6): the masked features materialised as (n, C, D, h, w),
+    pooled, and a broadcast cosine over (n, C, D, h, w). Same values as net.resnet50_sfc.prototype_cam (the
+    fixture test); used only to time the authors' make_cam."""
+    import torch.nn.functional as F
+    from net.resnet50_sfc import prototype_seeds
+    seeds = prototype_seeds(norm_cam, mask, bg_factor)
+    proto = F.adaptive_avg_pool2d(seeds.unsqueeze(2) * feature.unsqueeze(1), 1)  # (n, C, D, 1, 1)
+    return F.relu(F.cosine_similarity(feature.unsqueeze(1), proto, dim=2, eps=cos_eps))
+
+
 def _make_cam_stage(a, optimised):
     import numpy as np
     import torch
@@ -119,6 +131,9 @@ def _make_cam_stage(a, optimised):
     from step.make_cam import postprocess
     from voc12.dataloader import multiscale_flip
     torch.manual_seed(0)
+    if not optimised:  # the authors' prototype, (n, C, D, h, w) and all
+        from net import resnet50_sfc
+        resnet50_sfc.prototype_cam = authors_prototype
     layout = _layout(a) if optimised else False
     model = prepare_for_inference(CAM(a.classes + 1, backbone_width=a.width), a.device,
                                   fold_bn=optimised and a.fold_bn, channels_last=layout)
@@ -142,7 +157,7 @@ def _make_cam_stage(a, optimised):
     s = _timed(a, once)
     what = ('BN folded in float64, ' if a.fold_bn else 'BN not folded, ') + ('channels-last' if layout else 'NCHW') \
         if optimised else \
-        'BN not folded, NCHW, every channel upsampled'
+        "BN not folded, NCHW, every channel upsampled, the authors' prototype"
     return _result(a, f'make_cam{"" if optimised else "_unoptimised"} ({a.width_px}x{a.height}, scales '
                       f'{tuple(a.scales)} x flip, width {a.width}; {what})', s, 'per image', 1)
 
