@@ -50,9 +50,11 @@ def get_parser():
                    help='data-loading workers (authors: cpu_count//2 for inference, 8 for training)')
     a.add_argument('--seed', default=10, type=int, help='seeds every stage (SFC/train_resnet50_SFC.py:99)')
     a.add_argument('--deterministic', default=False, type=str2bool, help='cuDNN deterministic mode')
-    a.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'),
-                   help='mixed precision for every network (torch.autocast; fp16 with loss scaling). none = the '
-                        "authors' float32; normalisations, PCM, prototype, random walk, CRF and losses stay float32")
+    a.add_argument('--amp', default='none', choices=('none', 'tf32', 'bf16', 'fp16'),
+                   help="precision of every network. none = the authors' IEEE float32 (also on Ampere+ GPUs, where "
+                        "PyTorch would use TF32 convolutions); tf32 = that TF32 (CUDA, Ampere+); bf16/fp16 = "
+                        'torch.autocast (fp16 with loss scaling). Normalisations, PCM, prototype, random walk, CRF '
+                        'and losses stay IEEE float32')
     a.add_argument('--channels_last', default='auto', choices=('auto', 'True', 'False'),
                    help="NHWC memory layout for the networks; auto = on for CUDA, off on CPU (NCHW is the authors' "
                         "arithmetic; channels-last moves the CAMs further from theirs: README)")

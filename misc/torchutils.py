@@ -34,19 +34,51 @@ def set_seed(seed, deterministic=False):
 
 
 # --- mixed precision (--amp) and memory layout (--channels_last) ------------------------------------------------
-AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+# none: IEEE float32 everywhere (the authors' arithmetic); tf32: float32 tensors, TensorFloat-32 convolutions on
+# Ampere and newer GPUs (PyTorch's own default for cuDNN convolutions there); bf16 / fp16: torch.autocast.
+AMP_DTYPES = {'none': None, 'tf32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def check_amp(amp, device):
-    """Refuse what cannot run: an unknown mode, or bf16 on a GPU without it (pre-Ampere)."""
+    """Refuse what cannot run: an unknown mode, bf16 on a GPU without it, tf32 off Ampere-or-newer GPUs."""
     if amp not in AMP_DTYPES:
         raise ValueError(f'--amp must be one of {tuple(AMP_DTYPES)}, got {amp!r}')
-    if amp == 'bf16' and torch.device(device).type == 'cuda' and not torch.cuda.is_bf16_supported():
+    cuda = torch.device(device).type == 'cuda'
+    if amp == 'bf16' and cuda and not torch.cuda.is_bf16_supported():
         raise ValueError('--amp bf16: this GPU has no bfloat16 support; use --amp fp16 (with loss scaling) or none')
+    if amp == 'tf32' and not (cuda and torch.cuda.is_available()
+                              and torch.cuda.get_device_capability(torch.device(device))[0] >= 8):
+        raise ValueError(f'--amp tf32: TensorFloat-32 needs an Ampere or newer CUDA GPU (device {device}); use '
+                         f'--amp none (IEEE float32), bf16 or fp16')
+
+
+def setup_precision(amp, device):
+    """check_amp, then set cuDNN's float32 convolutions for this process: TF32 under --amp tf32, IEEE float32
+    otherwise. PyTorch's default on Ampere+ GPUs is TF32 (10-bit mantissa), which --amp none must not inherit.
+    Matrix products stay IEEE (PyTorch's default). Only the new fp32_precision API is used: mixing it with the
+    legacy allow_tf32 flags makes torch refuse to read them."""
+    check_amp(amp, device)
+    if torch.device(device).type == 'cuda':
+        torch.backends.cudnn.conv.fp32_precision = 'tf32' if amp == 'tf32' else 'ieee'
+        torch.backends.cuda.matmul.fp32_precision = 'ieee'
+
+
+@contextlib.contextmanager
+def ieee_convolutions(device_type):
+    """IEEE float32 cuDNN convolutions inside (the float32 parts under --amp tf32); nothing to do elsewhere."""
+    conv = torch.backends.cudnn.conv
+    if device_type != 'cuda' or conv.fp32_precision != 'tf32':
+        yield
+        return
+    conv.fp32_precision = 'ieee'
+    try:
+        yield
+    finally:
+        conv.fp32_precision = 'tf32'
 
 
 def autocast(amp, device):
-    """torch.autocast for --amp bf16|fp16 on the device's type; a no-op context for none."""
+    """torch.autocast for --amp bf16|fp16 on the device's type; a no-op context for none and tf32."""
     dtype = AMP_DTYPES[amp]
     if dtype is None:
         return contextlib.nullcontext()
@@ -74,10 +106,11 @@ def fp32(fn):
     def wrapper(*args, **kwargs):
         t = first_tensor(list(args) + list(kwargs.values()))
         kind = t.device.type if t is not None else 'cpu'
-        if not torch.is_autocast_enabled(kind) and (t is None or t.dtype in (torch.float32, torch.float64)):
-            return fn(*args, **kwargs)
-        with torch.autocast(kind, enabled=False):
-            return fn(*up(args), **{k: up(v) for k, v in kwargs.items()})
+        with ieee_convolutions(kind):
+            if not torch.is_autocast_enabled(kind) and (t is None or t.dtype in (torch.float32, torch.float64)):
+                return fn(*args, **kwargs)
+            with torch.autocast(kind, enabled=False):
+                return fn(*up(args), **{k: up(v) for k, v in kwargs.items()})
     return wrapper
 
 

@@ -142,10 +142,10 @@ def progress_line(label, step, max_step, start, t0, meter, losses, lr, images_pe
 def training_device(args):
     """The device of a training step, after seeding every generator, checking --amp and turning on cuDNN
     autotuning for its fixed-size crops."""
-    from misc.torchutils import check_amp, configure_cudnn, set_seed
+    from misc.torchutils import configure_cudnn, set_seed, setup_precision
     device = torch.device(args.device)
     set_seed(args.seed, args.deterministic)
-    check_amp(args.amp, device)
+    setup_precision(args.amp, device)
     configure_cudnn(device, fixed_size=True, deterministic=args.deterministic)
     return device
 

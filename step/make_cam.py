@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
-from misc.torchutils import (autocast, check_amp, elsewhere, explain_oom, prefetch_loader, prepare_for_inference,
-                             run_sharded, to_memory_format, use_channels_last)
+from misc.torchutils import (autocast, elsewhere, explain_oom, prefetch_loader, prepare_for_inference, run_sharded,
+                             setup_precision, to_memory_format, use_channels_last)
 from net import resnet50_sfc
 
 
@@ -84,7 +84,7 @@ def _work(rank, indices, device, args):
 def run(args):
     ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels,
                                                     scales=args.cam_scales)
-    check_amp(args.amp, args.device)
+    setup_precision(args.amp, args.device)
     distributed.check_list(len(ds), args.infer_list, '--infer_list')
     if not os.path.isfile(args.sfc_weights):
         raise FileNotFoundError(f'--sfc_weights {args.sfc_weights} does not exist: run train_sfc first '

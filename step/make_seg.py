@@ -18,8 +18,8 @@ from tqdm import tqdm
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
 from misc.imutils import crf_inference_softmax, voc_palette
-from misc.torchutils import (autocast, check_amp, configure_cudnn, elsewhere, explain_oom, prefetch_loader, run_sharded,
-                             to_memory_format, use_channels_last)
+from misc.torchutils import (autocast, configure_cudnn, elsewhere, explain_oom, prefetch_loader, run_sharded,
+                             setup_precision, to_memory_format, use_channels_last)
 from net import deeplab
 from net.checkpoint import unwrap_state_dict
 
@@ -120,7 +120,7 @@ def export_voc_test(names, seg_dir, out_dir, n_classes):
 def run(args):
     ds_mod = get_dataset(args)
     ds = ds_mod.ImageDataset(args.seg_infer_list, args.seg_infer_root)
-    check_amp(args.amp, args.device)
+    setup_precision(args.amp, args.device)
     distributed.check_list(len(ds), args.seg_infer_list, '--seg_infer_list')
     if not os.path.isfile(args.seg_weights):
         raise FileNotFoundError(f'--seg_weights {args.seg_weights} does not exist: run train_seg first '

@@ -18,8 +18,8 @@ from misc import camio, distributed
 from misc.dataset import get_dataset
 from misc.imutils import voc_palette
 from misc.indexing import propagate, transition_matrix_sparse
-from misc.torchutils import (autocast, check_amp, elsewhere, explain_oom, fp32, prefetch_loader, prepare_for_inference,
-                             run_sharded, to_memory_format, use_channels_last)
+from misc.torchutils import (autocast, elsewhere, explain_oom, fp32, prefetch_loader, prepare_for_inference,
+                             run_sharded, setup_precision, to_memory_format, use_channels_last)
 from net import resnet50_irn
 
 
@@ -86,7 +86,7 @@ def _work(rank, indices, device, args):
 
 def run(args):
     ds = get_dataset(args).ImageDataset(args.infer_list, args.dataset_root)
-    check_amp(args.amp, args.device)
+    setup_precision(args.amp, args.device)
     distributed.check_list(len(ds), args.infer_list, '--infer_list')
     if not os.path.isfile(args.irn_weights):
         raise FileNotFoundError(f'--irn_weights {args.irn_weights} does not exist: run train_irn first '

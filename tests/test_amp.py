@@ -8,7 +8,7 @@ import torch
 
 import run_sample
 from misc import camio
-from misc.torchutils import autocast, check_amp, fp32, use_channels_last
+from misc.torchutils import autocast, check_amp, fp32, ieee_convolutions, setup_precision, use_channels_last
 from misc.trainutils import StepSampler, epoch_order
 from net import resnet50, resnet50_sfc
 from tests.test_e2e import base_args
@@ -142,3 +142,31 @@ def test_cam_fidelity_tool_measures_each_variant(tmp_path):
     bf16 = by['NCHW, --amp bf16']['float64']['cam']
     assert bf16 > 10 * max(by[n]['float64']['cam'] for n in (ref, default, one_thread, cl))
     assert json.load(open(tmp_path / 'f.json'))['variants'][0]['variant'] == ref
+
+
+def test_amp_none_is_ieee_float32_on_cuda_and_tf32_is_asked_for():
+    """PyTorch's default for cuDNN float32 convolutions on Ampere+ is TF32: --amp none must set IEEE, --amp tf32
+    is refused where it cannot run, and the float32 parts switch TF32 off while they run (flags set, no GPU)."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    try:
+        conv.fp32_precision = 'tf32'  # PyTorch's default
+        setup_precision('none', 'cuda')
+        assert conv.fp32_precision == 'ieee' and matmul.fp32_precision == 'ieee'
+        conv.fp32_precision = 'tf32'
+        setup_precision('none', 'cpu')  # nothing to set for CPU runs
+        assert conv.fp32_precision == 'tf32'
+        with ieee_convolutions('cuda'):
+            assert conv.fp32_precision == 'ieee'
+        assert conv.fp32_precision == 'tf32'
+        with ieee_convolutions('cpu'):
+            assert conv.fp32_precision == 'tf32'
+        for device in ('cpu', 'cuda'):
+            if device == 'cuda' and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
+                continue
+            with pytest.raises(ValueError, match='Ampere'):
+                check_amp('tf32', device)
+        with autocast('tf32', 'cpu'):
+            assert not torch.is_autocast_enabled('cpu')
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved

@@ -56,7 +56,7 @@ def windowed(x):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='auto')
-    p.add_argument('--amp', default='bf16', choices=('bf16', 'fp16'))
+    p.add_argument('--amp', default='bf16', choices=('tf32', 'bf16', 'fp16'))
     p.add_argument('--channels_last', default='auto', choices=('auto', 'True', 'False'))
     p.add_argument('--steps', default=200, type=int, help='SFC training steps of the demo recipe (both precisions)')
     p.add_argument('--sfc_weights', default=None, help='checkpoint for the CAM check (default: the float32 run)')

@@ -2,7 +2,7 @@
 
     python tools/benchmark.py                                   # every stage on CPU, the authors' sizes
     python tools/benchmark.py --stages make_cam make_cam_unoptimised --threads 2
-    python tools/benchmark.py --device cuda --amp none bf16 fp16 # images/s and peak GPU memory per precision
+    python tools/benchmark.py --device cuda --amp none tf32 bf16 fp16   # images/s and peak GPU memory per precision
 
 Each stage runs in a fresh subprocess, so that its peak memory is its own: the resident set (ru_maxrss) on CPU,
 torch.cuda.max_memory_allocated on CUDA. Random weights are used (no download); the cost does not depend on the
@@ -314,7 +314,7 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--stages', nargs='+', default=DEFAULT_STAGES, choices=list(STAGES))
     p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
-    p.add_argument('--amp', nargs='+', default=['none'], choices=('none', 'bf16', 'fp16'),
+    p.add_argument('--amp', nargs='+', default=['none'], choices=('none', 'tf32', 'bf16', 'fp16'),
                    help='precisions to measure each stage in')
     p.add_argument('--channels_last', default='auto', choices=('auto', 'True', 'False'))
     p.add_argument('--fold_bn', default=False, type=lambda v: v == 'True',
@@ -353,6 +353,8 @@ def main(argv=None):
             torch.set_num_threads(a.threads)
         a.device = distributed.init(a.device)
         a.amp = a.amp[0]
+        from misc.torchutils import setup_precision
+        setup_precision(a.amp, a.device)
         r = STAGES[a._child](a)
         if distributed.is_main():
             print(json.dumps(r))
