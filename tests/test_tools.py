@@ -1,0 +1,38 @@
+"""The measuring tools run end to end at tiny sizes (numbers are printed, never asserted on: no timed tests)."""
+import json
+import os
+
+from tools import benchmark
+
+
+def test_benchmark_runs_every_stage(tmp_path):
+    """Every stage of tools/benchmark.py (each in its own subprocess, as on a GPU) returns time, images/s and peak
+    memory, and the JSON report holds them: the plumbing tools/gpu_check.sh relies on."""
+    out = tmp_path / 'bm.json'
+    res = benchmark.main(['--stages', *benchmark.STAGES, '--width', '8', '--crop', '96', '--batch', '2', '--bank', '2',
+                          '--irn_batch', '2', '--irn_micro_batch', '1', '--seg_batch', '2', '--seg_crop', '65',
+                          '--seg_micro_batch', '1', '--width_px', '80', '--height', '60', '--scales', '1.0', '0.5',
+                          '--repeats', '1', '--threads', '1', '--json', str(out)])
+    assert len(res) == len(benchmark.STAGES)
+    stages = [r['stage'].split(' ')[0] for r in res]
+    assert 'make_cam_unoptimised' in stages and stages.count('make_cam') == 1
+    for r in res:
+        assert r['seconds'] > 0 and r['images_per_s'] > 0 and r['peak_mb'] > 0 and r['amp'] == 'none'
+    assert json.load(open(out)) == res
+
+
+def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
+    """tools/gpu_check.sh with a given interpreter (PYTHON=, as on a machine without internet) checks for CUDA
+    before anything else: here, with no GPU, it stops with that message after creating $WORK and $OUT."""
+    import subprocess
+    import sys
+    import torch
+    if torch.cuda.is_available():
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / 'out'), WORK=str(tmp_path / 'work'))
+    p = subprocess.run(['bash', os.path.join(root, 'tools', 'gpu_check.sh')], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0 and 'no CUDA device: this check needs a GPU' in p.stderr
+    assert (tmp_path / 'out').is_dir() and (tmp_path / 'work').is_dir()
+    assert not (tmp_path / 'out' / 'benchmark.json').exists()
