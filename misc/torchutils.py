@@ -58,16 +58,21 @@ def setup_precision(amp, device):
     Matrix products stay IEEE (PyTorch's default). Only the new fp32_precision API is used: mixing it with the
     legacy allow_tf32 flags makes torch refuse to read them."""
     check_amp(amp, device)
-    if torch.device(device).type == 'cuda':
+    if torch.device(device).type != 'cuda':
+        return
+    if hasattr(torch.backends.cudnn, 'conv'):  # torch >= 2.9
         torch.backends.cudnn.conv.fp32_precision = 'tf32' if amp == 'tf32' else 'ieee'
         torch.backends.cuda.matmul.fp32_precision = 'ieee'
+    else:  # older torch: only the legacy flags exist
+        torch.backends.cudnn.allow_tf32 = amp == 'tf32'
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 @contextlib.contextmanager
 def ieee_convolutions(device_type):
     """IEEE float32 cuDNN convolutions inside (the float32 parts under --amp tf32); nothing to do elsewhere."""
-    conv = torch.backends.cudnn.conv
-    if device_type != 'cuda' or conv.fp32_precision != 'tf32':
+    conv = getattr(torch.backends.cudnn, 'conv', None)  # torch < 2.9: --amp tf32 is set by the legacy flag alone
+    if device_type != 'cuda' or conv is None or conv.fp32_precision != 'tf32':
         yield
         return
     conv.fp32_precision = 'ieee'
