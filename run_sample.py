@@ -132,7 +132,7 @@ def get_parser():
     a.add_argument('--cam_norm_eps', default=1e-5, type=float, help='max-normalisation eps (make_cam.py:61, :73)')
     a.add_argument('--cam_fold_bn', default=False, type=str2bool,
                    help="fold BatchNorm into the convs for make_cam/make_sem_seg (in float64): 7%% faster on CPU, off by "
-                        "default: folding moved the classifier CAM 3.8e-4 from the authors' and float64 folding is no closer (README)")
+                        "default: folding moved the classifier CAM 3.8e-4 from the authors'; float64 folding is barely closer (README)")
     a.add_argument('--cam_skip_existing', default=True, type=str2bool, help='skip images whose cam/<id>.npz is complete')
     a.add_argument('--cam_eval_source', default=['proto_cam'], nargs='+', choices=camio.CAM_SOURCES,
                    help='CAM(s) scored; the authors score proto_cam only (SFC/eval_cam.py:20)')

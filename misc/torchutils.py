@@ -55,8 +55,8 @@ def check_amp(amp, device):
 def setup_precision(amp, device):
     """check_amp, then set cuDNN's float32 convolutions for this process: TF32 under --amp tf32, IEEE float32
     otherwise. PyTorch's default on Ampere+ GPUs is TF32 (10-bit mantissa), which --amp none must not inherit.
-    Matrix products stay IEEE (PyTorch's default). Only the new fp32_precision API is used: mixing it with the
-    legacy allow_tf32 flags makes torch refuse to read them."""
+    Matrix products stay IEEE (PyTorch's default). On torch >= 2.9 only the fp32_precision API is used: mixing it
+    with the legacy allow_tf32 flags makes torch refuse to read them."""
     check_amp(amp, device)
     if torch.device(device).type != 'cuda':
         return
@@ -126,7 +126,7 @@ def grad_scaler(amp, device):
 
 def use_channels_last(flag, device):
     """--channels_last auto|True|False -> bool. auto: on for CUDA (NHWC convolutions on tensor cores), off on CPU,
-    where NCHW is the authors' arithmetic: channels-last makes CPU inference 7-18 % faster but moves the CAMs
+    where NCHW is the authors' arithmetic: channels-last makes CPU make_cam ~13 % faster but moves the CAMs
     further from the authors' than their own 1- and 2-thread runs differ (README, tools/cam_fidelity.py)."""
     if flag == 'auto':
         return torch.device(device).type == 'cuda'

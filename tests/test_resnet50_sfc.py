@@ -26,17 +26,26 @@ def test_pcm_hand_computed_column_normalisation():
     np.testing.assert_allclose(out.flatten().numpy(), [w01, w01, 0.5 * s / (s + 1e-5)], rtol=1e-6)
 
 
-def test_prototype_matches_authors(fixture):
+def _authors_prototype():
+    from tools.benchmark import authors_prototype
+    return authors_prototype
+
+
+@pytest.mark.parametrize('form', ['ours', 'authors_form'])
+def test_prototype_matches_authors(fixture, form):
+    """Ours (matrix products) and the benchmark's re-statement of the authors' (n, C, D, h, w) form, which times
+    the authors' make_cam and is cam_fidelity's reference, both against the authors' outputs."""
+    proto = prototype_cam if form == 'ours' else _authors_prototype()
     z = fixture('prototype')
     seeds = prototype_seeds(torch.from_numpy(z['norm_cam']), torch.from_numpy(z['valid_mask_train']))
     np.testing.assert_array_equal(seeds.numpy(), z['seeds_train'])
-    out = prototype_cam(torch.from_numpy(z['norm_cam']), torch.from_numpy(z['feature']),
-                        torch.from_numpy(z['valid_mask_train']))
+    out = proto(torch.from_numpy(z['norm_cam']), torch.from_numpy(z['feature']),
+                torch.from_numpy(z['valid_mask_train']))
     np.testing.assert_allclose(out.numpy(), z['out_train'], rtol=0, atol=1e-5)
     seeds = prototype_seeds(torch.from_numpy(z['infer_norm_cam']), torch.from_numpy(z['infer_label']))
     np.testing.assert_array_equal(seeds.numpy(), z['seeds_infer'])
-    out = prototype_cam(torch.from_numpy(z['infer_norm_cam']), torch.from_numpy(z['infer_feature']),
-                        torch.from_numpy(z['infer_label']))
+    out = proto(torch.from_numpy(z['infer_norm_cam']), torch.from_numpy(z['infer_feature']),
+                torch.from_numpy(z['infer_label']))
     np.testing.assert_allclose(out.numpy(), z['out_infer'], rtol=0, atol=1e-5)
 
 

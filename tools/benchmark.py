@@ -114,8 +114,9 @@ def stage_train_step(a):
 
 def authors_prototype(norm_cam, feature, mask, bg_factor=0.3, cos_eps=1e-8):
     """The prototype CAM as the authors compute it (SPEC B2.6): the masked features materialised as (n, C, D, h, w),
-    pooled, and a broadcast cosine over (n, C, D, h, w). Same values as net.resnet50_sfc.prototype_cam (the
-    fixture test); used only to time the authors' make_cam."""
+    pooled, and a broadcast cosine over (n, C, D, h, w). Tested against the authors' outputs (the prototype fixture),
+    as net.resnet50_sfc.prototype_cam is; used to time the authors' make_cam and as tools/cam_fidelity.py's
+    reference."""
     import torch.nn.functional as F
     from net.resnet50_sfc import prototype_seeds
     seeds = prototype_seeds(norm_cam, mask, bg_factor)
