@@ -141,6 +141,8 @@ def test_cam_fidelity_tool_measures_each_variant(tmp_path):
         assert by[n]['reference']['cam'] < 1e-4 and by[n]['float64']['cam'] < 1e-4
     bf16 = by['NCHW, --amp bf16']['float64']['cam']
     assert bf16 > 10 * max(by[n]['float64']['cam'] for n in (ref, default, one_thread, cl))
+    err = {n: by[n]['layer4_relative_error'] for n in by}
+    assert err[names[-1]] == 0 and 0 < err[ref] < 1e-5 and err['NCHW, --amp bf16'] > 100 * err[ref]
     assert json.load(open(tmp_path / 'f.json'))['variants'][0]['variant'] == ref
 
 
