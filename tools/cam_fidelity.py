@@ -113,12 +113,12 @@ def main(argv=None):
                 pack = {'img': [torch.from_numpy(x).to(getattr(torch, dtype)) for x in multiscale_flip(img, a.scales)],
                         'label': label}
                 res.append(cams_of(model, pack, a.classes + 1, img.shape[:2], args, 'cpu'))
+            secs[name] = (time.time() - t1) / len(packs)
+            feats[name] = layer4_features(model, multiscale_flip(packs[0][0], a.scales[:1])[0], dtype, amp, cl)
         finally:
             torch.set_num_threads(threads0)
             resnet50_sfc.prototype_cam = ours
-        secs[name] = (time.time() - t1) / len(packs)
         outs[name] = res
-        feats[name] = layer4_features(model, multiscale_flip(packs[0][0], a.scales[:1])[0], dtype, amp, cl)
         print(f'  {name}: {secs[name]:.2f} s per image', flush=True)
     ref_name, exact_name = VARIANTS[0][0], VARIANTS[-1][0]
 
