@@ -60,6 +60,14 @@ def _layout(a):
     return use_channels_last(a.channels_last, a.device)
 
 
+def _method_args(**overrides):
+    """run_sample's flags at their defaults (the authors' constants, one place), with the benchmark's overrides."""
+    import run_sample
+    args = run_sample.get_parser().parse_args([])
+    vars(args).update(overrides)
+    return args
+
+
 def _result(a, stage, seconds, unit, images, **extra):
     return {'stage': stage, 'seconds': seconds, 'unit': unit, 'images_per_s': images / seconds,
             'peak_mb': _peak_mb(a), **extra}
@@ -67,7 +75,6 @@ def _result(a, stage, seconds, unit, images, **extra):
 
 # --- stages ------------------------------------------------------------------------------------------------------
 def stage_train_step(a):
-    import argparse as ap
     import torch
     from misc import distributed
     from misc.image_bank import ImageBank
@@ -83,8 +90,7 @@ def stage_train_step(a):
                          {'params': new, 'lr': 1.0, 'weight_decay': 1e-4}], 0.1, 1e-4, 100)
     bank = ImageBank(n_cat, crop, dev)
     w = sfc_loss.channel_weights(torch.ones(n_cat)).to(dev)
-    args = ap.Namespace(sfc_micro_batch=a.sfc_micro_batch, sfc_half_scale=0.5, sfc_pdw=True, sfc_wdw=True,
-                        sfc_pdw_weight=1.6, sfc_wdw_weight=0.8, amp=a.amp)
+    args = _method_args(sfc_micro_batch=a.sfc_micro_batch, amp=a.amp)
     scaler = grad_scaler(a.amp, dev)
     g = torch.Generator().manual_seed(0)
     rank, world = distributed.rank(), distributed.world()
@@ -112,13 +118,15 @@ def stage_train_step(a):
                       f'width {a.width}{procs})', s, 'per step', B + K, bank_mb=bank.nbytes() / 2 ** 20)
 
 
-def authors_prototype(norm_cam, feature, mask, bg_factor=0.3, cos_eps=1e-8):
+def authors_prototype(norm_cam, feature, mask, bg_factor=None, cos_eps=None):
     """The prototype CAM as the authors compute it (SPEC B2.6): the masked features materialised as (n, C, D, h, w),
     pooled, and a broadcast cosine over (n, C, D, h, w). Tested against the authors' outputs (the prototype fixture),
     as net.resnet50_sfc.prototype_cam is; used to time the authors' make_cam and as tools/cam_fidelity.py's
     reference."""
     import torch.nn.functional as F
-    from net.resnet50_sfc import prototype_seeds
+    from net.resnet50_sfc import COS_EPS, PROTO_BG_FACTOR, prototype_seeds
+    bg_factor = PROTO_BG_FACTOR if bg_factor is None else bg_factor
+    cos_eps = COS_EPS if cos_eps is None else cos_eps
     seeds = prototype_seeds(norm_cam, mask, bg_factor)
     proto = F.adaptive_avg_pool2d(seeds.unsqueeze(2) * feature.unsqueeze(1), 1)  # (n, C, D, 1, 1)
     return F.relu(F.cosine_similarity(feature.unsqueeze(1), proto, dim=2, eps=cos_eps))
@@ -195,7 +203,6 @@ def stage_cam_to_ir_label(a):
 
 
 def stage_make_sem_seg(a):
-    import argparse as ap
     import torch
     from misc.torchutils import autocast, prepare_for_inference, to_memory_format
     from net.resnet50_irn import EdgeDisplacement
@@ -205,8 +212,7 @@ def stage_make_sem_seg(a):
     model = prepare_for_inference(EdgeDisplacement(crop_size=512, backbone_width=a.width), a.device,
                                   channels_last=_layout(a))
     img, cams = _synthetic_cams(a)
-    args = ap.Namespace(sem_seg_proto_weight=0.3, sem_seg_power=1.3, sem_seg_double_power=True, sem_seg_bg_value=0.25,
-                        sem_seg_radius=5, beta=10, exp_times=8)
+    args = _method_args()
     walk = []
 
     def once():
@@ -254,7 +260,6 @@ def stage_train_irn_step(a):
 
 
 def stage_train_seg_step(a):
-    import argparse as ap
     import torch
     from misc.torchutils import grad_scaler, to_memory_format
     from net import deeplab
@@ -262,9 +267,7 @@ def stage_train_seg_step(a):
     torch.manual_seed(0)
     B, crop, dev = a.seg_batch, a.seg_crop, a.device
     model = to_memory_format(deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').to(dev).train(), _layout(a))
-    opt = optimizer_for(model, ap.Namespace(seg_lr=2.5e-4, seg_weight_decay=5e-4, seg_head_lr_mult=10,
-                                            seg_head_bias_lr_mult=20, seg_momentum=0.9, seg_poly_power=0.9,
-                                            seg_lr_decay_every=10), 30000)
+    opt = optimizer_for(model, _method_args(), 30000)
     scaler = grad_scaler(a.amp, dev)
 
     def once():
