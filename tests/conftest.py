@@ -7,19 +7,58 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-FIXTURES = os.path.join(os.path.dirname(ROOT), 'shared', 'fixtures')
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')  # carried by the repository (README.md there says where from)
+# which reference produced each golden file (the rest: the SFC authors' code)
+DEEPLAB_PYTORCH = ('deeplab_v2', 'deeplab_crf')
+_GOLDEN = {'passed': {}, 'failed': {}}  # reference -> {test id: fixture names}
+
+
+def golden_source(name):
+    return 'deeplab-pytorch' if name in DEEPLAB_PYTORCH else "the SFC authors' code"
 
 
 @pytest.fixture
-def fixture():
-    """fixture('pcm') -> dict of arrays from ../shared/fixtures/pcm.npz; skips when shared/ is absent."""
+def fixture(request):
+    """fixture('pcm') -> dict of arrays of tests/fixtures/pcm.npz. A missing file is a failure, never a skip; the
+    test is counted as a golden comparison in the summary line at the end of the run."""
     def load(name):
         path = os.path.join(FIXTURES, name + '.npz')
         if not os.path.isfile(path):
-            pytest.skip(f'golden fixture {path} not available')
+            pytest.fail(f'golden fixture {path} is missing from the repository (tests/fixtures/README.md)')
+        request.node.golden = getattr(request.node, 'golden', set()) | {name}
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     return load
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    names = getattr(item, 'golden', None)
+    if names and (rep.when == 'call' or rep.failed):
+        kind = 'passed' if rep.passed else 'failed' if rep.failed else None
+        if kind:
+            for src in {golden_source(n) for n in names}:
+                _GOLDEN[kind].setdefault(src, {})[item.nodeid] = names
+
+
+def pytest_terminal_summary(terminalreporter):
+    passed, failed = _GOLDEN['passed'], _GOLDEN['failed']
+    if not passed and not failed:
+        return
+    for src in failed:  # a test that passed its call but failed in teardown counts as failed
+        for nodeid in failed[src]:
+            passed.get(src, {}).pop(nodeid, None)
+
+    def part(src):
+        tests = passed.get(src, {})
+        files = set().union(*tests.values()) if tests else set()
+        return f'{len(tests)} against {src} ({len(files)} fixture files)'
+    sources = ["the SFC authors' code", 'deeplab-pytorch']
+    n_failed = sum(len(v) for v in failed.values())
+    terminalreporter.write_line(f'golden comparisons: {" and ".join(part(s) for s in sources)} ran and passed'
+                                + (f'; {n_failed} FAILED' if n_failed else ''))
 
 
 @pytest.fixture(scope='session')

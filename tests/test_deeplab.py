@@ -371,3 +371,61 @@ def test_train_seg_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
     from tests.test_resume import curve_without_timing
     lines = [curve_without_timing(os.path.join(w, 'metrics', 'train_seg_scalars.jsonl')) for w in (full, part)]
     assert lines[0] == lines[1] and len(lines[0]) == 5
+
+
+@pytest.mark.parametrize('case', [0, 1])
+def test_crf_inference_softmax_matches_deeplab_pytorch(fixture, case):
+    """deeplab-pytorch's DenseCRF at its VOC settings (row 0) and another setting (row 1): marginals and argmax."""
+    from misc.imutils import crf_inference_softmax
+    z = fixture('deeplab_crf')
+    img, prob = z[f'case{case}_image'], z[f'case{case}_prob']
+    for j, (t, pos_w, pos_xy, bi_w, bi_xy, bi_rgb) in enumerate(z['params']):
+        q = crf_inference_softmax(img, prob, t=int(t), pos_w=pos_w, pos_xy_std=pos_xy, bi_w=bi_w, bi_xy_std=bi_xy,
+                                  bi_rgb_std=bi_rgb)
+        ref = z[f'case{case}_param{j}_Q']
+        assert q.dtype == np.float32 and q.shape == ref.shape
+        np.testing.assert_allclose(q, ref, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(q.argmax(0), ref.argmax(0))
+        assert (ref.argmax(0) != prob.argmax(0)).mean() > 0.05  # the CRF moved boundaries: not an identity check
+
+
+def test_make_seg_crf_defaults_are_deeplab_pytorch_voc12(fixture):
+    """make_seg's CRF flags default to the fixture's row 0, deeplab-pytorch configs/voc12.yaml."""
+    z = fixture('deeplab_crf')
+    a = run_sample.get_parser().parse_args([])
+    p = make_seg.crf_params(a)
+    assert [p[k] for k in ('t', 'pos_w', 'pos_xy_std', 'bi_w', 'bi_xy_std', 'bi_rgb_std')] == z['params'][0].tolist()
+
+
+class _SizeProbe(torch.nn.Module):
+    """A stand-in network whose logits are known by hand: channel c = c * mean(input) + width of the input + the
+    column index times `ramp` (so that a flipped input, flipped back, is told apart)."""
+
+    def __init__(self, classes=3, ramp=0.0):
+        super().__init__()
+        self.classes, self.ramp = classes, ramp
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        c = torch.arange(self.classes, dtype=x.dtype).view(1, -1, 1, 1)
+        col = torch.arange(w, dtype=x.dtype).view(1, 1, 1, w)
+        return c * x.mean(dim=(1, 2, 3)).view(n, 1, 1, 1) + w + self.ramp * col + torch.zeros(n, 1, h, 1)
+
+
+def test_predict_logits_averages_scales_and_flip_by_hand():
+    img = torch.full((1, 3, 20, 30), 2.0)  # constant image: every resize of it is exact
+    size = (20, 30)
+    # scales: logits of scale s are constant, c * 2 + floor(30 s); averaged over the scales
+    out = make_seg.predict_logits(_SizeProbe(), img, size, scales=(1.0, 0.5, 0.75))
+    widths = [30, 15, 22]  # floor(30 * s), as F.interpolate's scale_factor sizes it
+    for c in range(3):
+        np.testing.assert_allclose(out[c].numpy(), np.full(size, c * 2 + sum(widths) / 3), rtol=1e-6)
+    # flip: the flipped image's logits are flipped back before averaging, so the column ramp j and its mirror
+    # (w - 1 - j) average to (w - 1) / 2 everywhere; without the flip back the ramp would survive
+    out = make_seg.predict_logits(_SizeProbe(ramp=1.0), img, size, scales=(1.0,), flip=True)
+    np.testing.assert_allclose(out.numpy(), (np.arange(3) * 2 + 30 + 29 / 2)[:, None, None] * np.ones(size), rtol=1e-6)
+    out = make_seg.predict_logits(_SizeProbe(ramp=1.0), img, size, scales=(1.0,), flip=False)
+    np.testing.assert_allclose(out[0].numpy(), np.tile(30 + np.arange(30.0), (20, 1)), rtol=1e-6)
+    # both: 2 scales x (image, flip) = 4 logits averaged
+    out = make_seg.predict_logits(_SizeProbe(), img, size, scales=(1.0, 0.5), flip=True)
+    np.testing.assert_allclose(out[2].numpy(), np.full(size, 4 + (30 + 30 + 15 + 15) / 4), rtol=1e-6)
