@@ -2,8 +2,8 @@
 
     python run_sample.py --voc12_root VOCdevkit/VOC2012 --work_dir work/voc --train_sfc_pass True ...
 
-Defaults are the authors' (SPEC Part B) with this project's decisions (SPEC Part A); each flag names
-where its number comes from. Every output goes below --work_dir (layout in misc/camio.py).
+Defaults are the authors' (their release of SFC, with IRN and SIPE for the parts it reuses); each flag names
+where its number comes from (file:line in the authors' code). docs/faithfulness.md lists every quirk kept. Every output goes below --work_dir (layout in misc/camio.py).
 """
 import argparse
 import contextlib
@@ -13,6 +13,7 @@ import sys
 import time
 
 from misc import camio, distributed
+from misc.errors import BadInput
 from misc.pyutils import Tee, format_seconds, format_table, str2bool
 
 STEPS = ('train_sfc', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg',
@@ -64,6 +65,9 @@ def get_parser():
     a.add_argument('--tensorboard', default=False, type=str2bool,
                    help='also write training curves as TensorBoard events to work_dir/tb/<step> (pip install '
                         'tensorboard); they always go to metrics/<step>_scalars.jsonl')
+    a.add_argument('--traceback', default=False, type=str2bool,
+                   help='show the full traceback of an input error (a missing file, a wrong flag) instead of its one '
+                        'line; SFC_TRACEBACK=1 does the same')
     a.add_argument('--check_data', default=True, type=str2bool,
                    help='before the steps, check that every listed image, label and needed GT mask exists '
                         '(python -m misc.check_data also decodes every file)')
@@ -96,7 +100,7 @@ def get_parser():
     a.add_argument('--sfc_micro_batch', default=10, type=int,
                    help='images per forward/backward inside a step (same gradients; bounds memory); 0 = whole batch')
     a.add_argument('--sfc_resize_long_aug', default=False, type=str2bool,
-                   help="random resize-long; off in the authors' branch (SPEC A1)")
+                   help="random resize-long; commented out in the authors' branch (SIPE had it on)")
     a.add_argument('--sfc_resize_long', default=[320, 640], nargs=2, type=int, help='SIPE range, inclusive (:114)')
     a.add_argument('--sfc_hor_flip', default=False, type=str2bool, help="random flip; off in the authors' branch (A1)")
     a.add_argument('--sfc_half_scale', default=0.5, type=float, help='second forward scale (:143, :170)')
@@ -106,13 +110,13 @@ def get_parser():
     a.add_argument('--sfc_proto_bg_factor', default=0.3, type=float, help='bg scale in prototype seeds (resnet50_SFC.py:49)')
     a.add_argument('--sfc_dc_offset', default='396', type=str,
                    help="count offset of the DC weights: 396 = 660*4*3/20, the authors' VOC constant (:198); "
-                        "'auto' = steps/epoch * bank images * 3 / classes of this run (SPEC A5)")
+                        "'auto' = steps/epoch * bank images * 3 / classes of this run (the same expression for another dataset)")
     a.add_argument('--sfc_ibr', default=True, type=str2bool, help='ablation: Image Bank Re-sampling')
     a.add_argument('--sfc_pdw', default=True, type=str2bool, help='ablation: L_PDW (prototype consistency)')
     a.add_argument('--sfc_wdw', default=True, type=str2bool, help='ablation: L_WDW (cross-scale consistency)')
     a.add_argument('--sfc_dc_weights', default=True, type=str2bool, help='ablation: distribution-calibrating weights')
     a.add_argument('--sfc_select_on_gt', default=True, type=str2bool,
-                   help="authors' checkpoint choice on PIXEL GT of --sfc_val_list (SPEC A1); False = final weights")
+                   help="the authors' checkpoint choice on PIXEL GT of --sfc_val_list every 300 steps; False = final weights")
     a.add_argument('--sfc_val_list', default=None, type=str, help='GT list for --sfc_select_on_gt (default --eval_list)')
     a.add_argument('--sfc_val_freq', default=300, type=int, help='validate when (g-1)%%300==0 and g > --sfc_val_min_step (:94-96)')
     a.add_argument('--sfc_val_min_step', default=10, type=int, help='no validation up to this step (g > 10, :299)')
@@ -143,7 +147,7 @@ def get_parser():
     a = p.add_argument_group('IR labels by dense CRF (cam_to_ir_label; SFC/cam2ir.py, SIPE/tool/imutils.py:156-170)')
     a.add_argument('--ir_proto_weight', default=0.7, type=float, help='F = cam + 0.7 proto_cam (cam2ir.py:26)')
     a.add_argument('--ir_bg_factor', default=0.5, type=float, help='background x0.5 in the second pass (cam2ir.py:35)')
-    a.add_argument('--ir_crf_iters', default=12, type=int, help="12 in the authors' branch, 10 in SIPE (SPEC A1)")
+    a.add_argument('--ir_crf_iters', default=12, type=int, help="12 in the authors' branch, 10 in SIPE (imutils.py:156)")
     a.add_argument('--ir_crf_gt_prob', default=0.7, type=float, help='unary_from_labels gt_prob')
     a.add_argument('--ir_crf_gauss_sxy', default=3, type=float, help='addPairwiseGaussian sxy')
     a.add_argument('--ir_crf_gauss_compat', default=3, type=float, help='addPairwiseGaussian compat')
@@ -162,7 +166,7 @@ def get_parser():
     a.add_argument('--irn_momentum', default=1e-4, type=float, help='the same positional-momentum quirk (:35-38)')
     a.add_argument('--irn_poly_power', default=0.9, type=float)
     a.add_argument('--irn_rescale', default=[0.5, 1.0], nargs=2, type=float,
-                   help='random scale range: the authors pass (0.5, 1.0, 1.5) but only [0.5, 1.0) is used (SPEC A1)')
+                   help='random scale range: the authors pass (0.5, 1.0, 1.5) but only [0.5, 1.0) is used (train_irn.py:27)')
     a.add_argument('--irn_micro_batch', default=8, type=int,
                    help='images per forward/backward inside a batch (same gradients; bounds memory); 0 = whole batch')
     a.add_argument('--irn_hor_flip', default=True, type=str2bool, help='random horizontal flip (SFC/train_irn.py:27)')
@@ -191,7 +195,7 @@ def get_parser():
                    help="masks eval_sem_seg scores: IRN's sem_seg, or the CRF ir_label (the authors' final COCO masks; 255 -> 0)")
     a.add_argument('--sem_seg_skip_existing', default=True, type=str2bool, help='skip images whose sem_seg PNG is complete')
 
-    a = p.add_argument_group('Segmentation model: DeepLab-v2 on the pseudo masks (train_seg, make_seg, eval_seg; SPEC C)')
+    a = p.add_argument_group('Segmentation model: DeepLab-v2 on the pseudo masks (train_seg, make_seg, eval_seg; deeplab-pytorch)')
     a.add_argument('--seg_recipe', default='imagenet', choices=tuple(SEG_RECIPES),
                    help='imagenet: the paper\'s ImageNet init (batch 10, 30k it, scale 0.5-2, balanced CE); '
                         'deeplab_coco: deeplab-pytorch voc12.yaml exactly (COCO init, 5 x 2, 20k it, plain CE). '
@@ -307,12 +311,12 @@ def finalize_args(args):
     args.dataset_root = getattr(args, root_flag, None)
     args.seg_infer_root = args.seg_infer_root or args.dataset_root
     if any(getattr(args, f'{s}_pass') for s in STEPS) and not args.dataset_root:
-        raise SystemExit(f'error: --{root_flag} is required')
+        raise BadInput(f'--{root_flag} is required')
     if args.sfc_dc_offset != 'auto':
         try:
             float(args.sfc_dc_offset)
         except ValueError:
-            raise SystemExit(f"error: --sfc_dc_offset must be a number or 'auto', got {args.sfc_dc_offset!r}")
+            raise BadInput(f"--sfc_dc_offset must be a number or 'auto', got {args.sfc_dc_offset!r}")
     return args
 
 
@@ -323,6 +327,8 @@ _LIST_USE = {'train_sfc': ('train_list', 'sfc_val_list'), 'make_cam': ('infer_li
              'eval_seg': ('seg_eval_list',)}
 _GT_USE = {'eval_cam': ('eval_list',), 'eval_sem_seg': ('eval_list',), 'train_sfc': ('sfc_val_list',),
            'eval_seg': ('seg_eval_list',)}
+# steps that read the image-level labels (--cls_labels); the segmentation model's steps never do
+_LABEL_USE = ('train_sfc', 'make_cam', 'eval_cam', 'make_sem_seg')
 
 
 def quick_check(args, steps):
@@ -340,12 +346,13 @@ def quick_check(args, steps):
         for k in _GT_USE.get(s, ()):
             if k != 'sfc_val_list' or args.sfc_select_on_gt:
                 gt.append(getattr(args, k))
+    labels = args.cls_labels if any(s in _LABEL_USE for s in steps) else None
     problems, summary = check(get_dataset(args), args.dataset_root, list(dict.fromkeys(lists)),
-                              list(dict.fromkeys(gt)), args.cls_labels)
+                              list(dict.fromkeys(gt)), labels)
     if problems:
         report(problems, summary)
-        raise SystemExit(f'data check failed with {len(problems)} problems (listed above); fix them, or pass '
-                         f'--check_data False to let the steps fail on the first one')
+        raise BadInput(f'data check failed with {len(problems)} problems (listed above); fix them, or pass '
+                       f'--check_data False to let the steps fail on the first one')
     print(f'  data check: OK ({", ".join(f"{os.path.basename(p)} {n}" for p, n, _ in summary)})')
 
 
@@ -421,4 +428,5 @@ def main(argv=None):
 if __name__ == '__main__':
     if int(os.environ.get('RANK', 0)) > 0:  # under torchrun rank 0 speaks for all (tqdm reads this at import)
         os.environ.setdefault('TQDM_DISABLE', '1')
-    main(sys.argv[1:])
+    from misc.errors import cli
+    cli(main, sys.argv[1:])

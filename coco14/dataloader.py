@@ -6,6 +6,7 @@ file names without extension (COCO_train2014_000000000009); the split folder com
 """
 import os
 
+from misc.errors import BadInput, MissingInput
 from voc12 import dataloader as voc
 from voc12.dataloader import load_cls_labels, load_img_name_list, read_image  # noqa: F401  (same API as voc12)
 
@@ -26,7 +27,7 @@ def split_of(name):
     for s in SPLITS:
         if f'_{s}_' in name:
             return s
-    raise ValueError(f'COCO id {name!r} names no split (expected COCO_train2014_... or COCO_val2014_...)')
+    raise BadInput(f'COCO id {name!r} names no split (expected COCO_train2014_... or COCO_val2014_...)')
 
 
 class COCO14Layout(voc.VOC12Layout):
@@ -38,9 +39,9 @@ class COCO14Layout(voc.VOC12Layout):
     @classmethod
     def check_root(cls, root):
         if not root or not os.path.isdir(root):
-            raise FileNotFoundError(f'dataset root {root!r} does not exist ({cls.root_flag})')
+            raise MissingInput(f'dataset root {root!r} does not exist ({cls.root_flag})')
         if not any(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
-            raise FileNotFoundError(f'{root} has neither train2014/ nor val2014/ ({cls.root_flag} must be the COCO root)')
+            raise MissingInput(f'{root} has neither train2014/ nor val2014/ ({cls.root_flag} must be the COCO root)')
 
     @classmethod
     def image_path(cls, root, name):

@@ -20,13 +20,14 @@ from tqdm import tqdm
 
 from coco14.dataloader import CAT_LIST, SPLITS
 from misc.camio import atomic_write, is_complete_label, save_json, write_label
+from misc.errors import BadInput, MissingInput
 from misc.imutils import voc_palette
 from voc12.dataloader import save_img_name_list
 
 
 def _coco(path):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: --coco14_root must hold annotations/instances_<split>.json')
+        raise MissingInput(f'{path} is missing: --coco14_root must hold annotations/instances_<split>.json')
     from pycocotools.coco import COCO
     import contextlib
     import io
@@ -39,7 +40,7 @@ def category_index(coco, path):
     cats = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c['id'])
     names = [c['name'] for c in cats]
     if names != CAT_LIST:
-        raise ValueError(f'{path}: categories {names[:5]}... are not the 80 COCO categories in standard order')
+        raise BadInput(f'{path}: categories {names[:5]}... are not the 80 COCO categories in standard order')
     return {c['id']: i + 1 for i, c in enumerate(cats)}
 
 
@@ -81,7 +82,7 @@ def prepare(root, out_dir, splits=SPLITS, write_gt=True):
                 if not is_complete_label(gt):
                     write_label(gt, class_map(coco, img['id'], cat_index, img['height'], img['width']), palette)
         if not names:
-            raise ValueError(f'{path} has no annotated image')
+            raise BadInput(f'{path} has no annotated image')
         lists[split] = names
         save_img_name_list(os.path.join(out_dir, split + '.txt'), names)
     labels = np.stack(labels_all)
@@ -110,4 +111,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from misc.errors import cli
+    cli(main)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from misc.errors import BadInput, MissingInput
+
 CAM_KEYS = ('keys', 'cam', 'proto_cam')
 SUBDIRS = {'meta_dir': 'meta', 'ckpt_dir': 'ckpt', 'cam_dir': 'cam', 'ir_label_dir': 'ir_label',
            'sem_seg_dir': 'sem_seg', 'sem_seg_palette_dir': 'sem_seg_palette', 'metrics_dir': 'metrics',
@@ -110,19 +112,19 @@ def unfinished(names, path_of, is_complete, skip=True):
 def load_cam(path):
     """Read a cam/<id>.npz; checks the schema and says which file is wrong."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'CAM file {path} is missing: run the make_cam step (--make_cam_pass True) '
-                                f'on a list that contains this image')
+        raise MissingInput(f'CAM file {path} is missing: run the make_cam step (--make_cam_pass True) '
+                           f'on a list that contains this image')
     try:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in CAM_KEYS}
     except KeyError as e:
-        raise ValueError(f'CAM file {path} lacks array {e}; expected {CAM_KEYS} (SPEC A4). Re-run make_cam.') from None
+        raise BadInput(f'CAM file {path} lacks array {e}; expected {CAM_KEYS}; re-run make_cam for it') from None
     except Exception as e:
-        raise ValueError(f'CAM file {path} cannot be read ({e}); delete it and re-run make_cam') from None
+        raise BadInput(f'CAM file {path} cannot be read ({e}); delete it and re-run make_cam') from None
     k = out['keys']
     if k.ndim != 1 or out['cam'].shape != out['proto_cam'].shape or out['cam'].shape[0] != k.size:
-        raise ValueError(f'CAM file {path}: keys {k.shape}, cam {out["cam"].shape}, proto_cam '
-                         f'{out["proto_cam"].shape} are inconsistent; re-run make_cam')
+        raise BadInput(f'CAM file {path}: keys {k.shape}, cam {out["cam"].shape}, proto_cam '
+                       f'{out["proto_cam"].shape} are inconsistent; re-run make_cam')
     return out
 
 
@@ -138,7 +140,7 @@ def cam_score(cams, source, fuse_weight=0.3):
         return cams['cam']
     if source == 'fused':
         return cams['cam'] + fuse_weight * cams['proto_cam']
-    raise ValueError(f'CAM source {source!r}: choose from {CAM_SOURCES}')
+    raise BadInput(f'CAM source {source!r}: choose from {CAM_SOURCES}')
 
 
 def is_complete_cam(path):
@@ -182,12 +184,12 @@ def read_label(path):
     try:
         with Image.open(path) as img:
             if img.mode not in ('P', 'L', 'I', 'I;16'):
-                raise ValueError(f'{path}: expected a single-channel or palette PNG, got mode {img.mode}')
+                raise BadInput(f'{path}: expected a single-channel or palette PNG, got mode {img.mode}')
             return np.array(img).astype(np.uint8)
     except FileNotFoundError:
-        raise FileNotFoundError(f'label file {path} is missing') from None
+        raise MissingInput(f'label file {path} is missing') from None
     except (OSError, SyntaxError) as e:
-        raise ValueError(f'label file {path} cannot be decoded ({e})') from None
+        raise BadInput(f'label file {path} cannot be decoded ({e})') from None
 
 
 def write_image(path, rgb):
@@ -231,8 +233,8 @@ def save_checkpoint(obj, path):
 def load_checkpoint(path):
     """torch.load with weights_only=True (no pickled code runs) onto the CPU."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
+        raise MissingInput(f'checkpoint {path} does not exist')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise ValueError(f'checkpoint {path} cannot be read with weights_only=True ({e})') from None
+        raise BadInput(f'checkpoint {path} cannot be read with weights_only=True ({e})') from None

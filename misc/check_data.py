@@ -109,4 +109,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from misc.errors import cli
+    sys.exit(cli(main))

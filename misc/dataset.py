@@ -1,13 +1,15 @@
 """Which dataset package a run uses: voc12 or coco14 expose the same names (STYLE 3.1)."""
 import importlib
 
+from misc.errors import BadInput
+
 DATASETS = ('voc12', 'coco14')
 
 
 def get_dataset(args_or_name):
     name = getattr(args_or_name, 'dataset', args_or_name)
     if name not in DATASETS:
-        raise ValueError(f'--dataset must be one of {DATASETS}, got {name!r}')
+        raise BadInput(f'--dataset must be one of {DATASETS}, got {name!r}')
     return importlib.import_module(f'{name}.dataloader')
 
 

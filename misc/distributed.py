@@ -18,6 +18,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from misc.errors import BadInput, Unavailable
+
 TIMEOUT_MIN = 60  # a rank waits this long at a collective for the others (long CRF or eval steps on rank 0)
 
 
@@ -35,8 +37,8 @@ def init(device):
         return device
     if torch.device(device).type == 'cuda':
         if local >= torch.cuda.device_count():
-            raise RuntimeError(f'local rank {local} has no GPU: this machine sees {torch.cuda.device_count()}; '
-                               f'lower --nproc_per_node')
+            raise Unavailable(f'local rank {local} has no GPU: this machine sees {torch.cuda.device_count()}; '
+                              f'lower --nproc_per_node')
         torch.cuda.set_device(local)
         device, backend = f'cuda:{local}', 'nccl'
     else:
@@ -123,16 +125,16 @@ def shard(items):
 def split_batch(n, flag):
     """Images per rank of a global batch of n; an error naming the flag when n does not split evenly."""
     if n % world():
-        raise ValueError(f'{flag}: a global batch of {n} images does not split across {world()} processes; use a '
-                         f'batch divisible by the process count (the batch flags are the global batch)')
+        raise BadInput(f'{flag}: a global batch of {n} images does not split across {world()} processes; use a '
+                       f'batch divisible by the process count (the batch flags are the global batch)')
     return n // world()
 
 
 def check_list(n, path, flag):
     """An error when a list has fewer images than there are processes (some rank would have nothing)."""
     if n < world():
-        raise ValueError(f'{flag} {path} has {n} images, fewer than the {world()} processes: start fewer '
-                         f'(torchrun --nproc_per_node) or use a longer list')
+        raise BadInput(f'{flag} {path} has {n} images, fewer than the {world()} processes: start fewer '
+                       f'(torchrun --nproc_per_node) or use a longer list')
 
 
 def check_same_args(args, ignore=('device',)):
@@ -146,5 +148,5 @@ def check_same_args(args, ignore=('device',)):
     if len({g[0] for g in gathered}) > 1:
         ref = gathered[0][1]
         diff = sorted({k for _, other in gathered[1:] for k in set(ref) | set(other) if ref.get(k) != other.get(k)})
-        raise ValueError(f'the {world()} processes were started with different arguments ({", ".join(diff[:6])}): '
-                         f'start every rank with the same command line')
+        raise BadInput(f'the {world()} processes were started with different arguments ({", ".join(diff[:6])}): '
+                       f'start every rank with the same command line')

@@ -7,6 +7,8 @@ it lives on the device and only the sampled rows are gathered.
 """
 import torch
 
+from misc.errors import BadInput
+
 
 class ImageBank:
     def __init__(self, n_classes, crop_size, device):
@@ -39,8 +41,8 @@ class ImageBank:
     def load_state_dict(self, sd):
         for k in ('img', 'mask', 'label'):
             if tuple(sd[k].shape) != tuple(getattr(self, k).shape):
-                raise ValueError(f'image bank {k}: saved shape {tuple(sd[k].shape)} differs from '
-                                 f'{tuple(getattr(self, k).shape)} (crop size or class count changed)')
+                raise BadInput(f'image bank {k}: saved shape {tuple(sd[k].shape)} differs from '
+                               f'{tuple(getattr(self, k).shape)} (crop size or class count changed)')
             getattr(self, k).copy_(sd[k])
 
     def nbytes(self):

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from misc.errors import BadInput
+
 
 class PathIndex:
     """Search directions within `radius` (the forward half-plane), the pixels on the path to each, and
@@ -45,7 +47,7 @@ class PathIndex:
         full = np.arange(h * w, dtype=np.int64).reshape(h, w)
         ch, cw = h - r, w - 2 * r
         if ch <= 0 or cw <= 0:
-            raise ValueError(f'a {h}x{w} map is too small for radius {self.radius} (needs width > {2 * r})')
+            raise BadInput(f'a {h}x{w} map is too small for radius {self.radius} (needs width > {2 * r})')
         path_indices = []
         for paths in self.search_paths:
             path_indices.append(np.stack([np.stack([full[dy:dy + ch, r + dx:r + dx + cw].reshape(-1) for dy, dx in p])

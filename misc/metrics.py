@@ -1,6 +1,8 @@
 """Confusion matrix and IoU metrics (replaces chainercv's calc_semantic_segmentation_confusion)."""
 import numpy as np
 
+from misc.errors import BadInput
+
 IGNORE = 255
 
 
@@ -21,14 +23,14 @@ class ConfusionMatrix:
         gt = np.asarray(gt)
         pred = np.asarray(pred)
         if gt.shape != pred.shape:
-            raise ValueError(f'{name or "image"}: GT shape {gt.shape} differs from prediction shape {pred.shape}')
+            raise BadInput(f'{name or "image"}: GT shape {gt.shape} differs from prediction shape {pred.shape}')
         keep = gt != self.ignore
         g = gt[keep].astype(np.int64)
         p = pred[keep].astype(np.int64)
         if g.size and (g.min() < 0 or g.max() >= self.n):
-            raise ValueError(f'{name or "image"}: GT class id {int(g.max())} outside 0..{self.n - 1} (ignore={self.ignore})')
+            raise BadInput(f'{name or "image"}: GT class id {int(g.max())} outside 0..{self.n - 1} (ignore={self.ignore})')
         if p.size and (p.min() < 0 or p.max() >= self.n):
-            raise ValueError(f'{name or "image"}: predicted class id {int(p.max())} outside 0..{self.n - 1}')
+            raise BadInput(f'{name or "image"}: predicted class id {int(p.max())} outside 0..{self.n - 1}')
         self.mat += np.bincount(g * self.n + p, minlength=self.n * self.n).reshape(self.n, self.n)
         return self
 

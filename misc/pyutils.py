@@ -4,6 +4,8 @@ import json
 import os
 import sys
 
+from misc.errors import Unavailable
+
 
 def str2bool(v):
     """argparse type for booleans: 'True'/'False' (and yes/no/1/0), never Python's truthy str."""
@@ -121,8 +123,8 @@ class ScalarLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise SystemExit(f'--tensorboard True needs the tensorboard package ({e}); run '
-                                 f'`pip install tensorboard` in this environment or pass --tensorboard False') from None
+                raise Unavailable(f'--tensorboard True needs the tensorboard package ({e}); run '
+                                  f'`pip install tensorboard` in this environment or pass --tensorboard False') from None
             self._tb = SummaryWriter(tb_dir, purge_step=start_step + 1 if start_step > 0 else None)
 
     def add(self, step, **values):

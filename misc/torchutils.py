@@ -8,15 +8,17 @@ import random
 import numpy as np
 import torch
 
+from misc.errors import BadInput, InputError, Unavailable
+
 
 def resolve_device(name):
     """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error, not a silent fallback."""
     if name == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
     if name == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError('--device cuda was requested but torch sees no CUDA device; use --device cpu or auto')
+        raise Unavailable('--device cuda was requested but torch sees no CUDA device; use --device cpu or auto')
     if name not in ('cpu', 'cuda'):
-        raise ValueError(f'--device must be auto, cpu or cuda, got {name!r}')
+        raise BadInput(f'--device must be auto, cpu or cuda, got {name!r}')
     return name
 
 
@@ -42,14 +44,14 @@ AMP_DTYPES = {'none': None, 'tf32': None, 'bf16': torch.bfloat16, 'fp16': torch.
 def check_amp(amp, device):
     """Refuse what cannot run: an unknown mode, bf16 on a GPU without it, tf32 off Ampere-or-newer GPUs."""
     if amp not in AMP_DTYPES:
-        raise ValueError(f'--amp must be one of {tuple(AMP_DTYPES)}, got {amp!r}')
+        raise BadInput(f'--amp must be one of {tuple(AMP_DTYPES)}, got {amp!r}')
     cuda = torch.device(device).type == 'cuda'
     if amp == 'bf16' and cuda and not torch.cuda.is_bf16_supported():
-        raise ValueError('--amp bf16: this GPU has no bfloat16 support; use --amp fp16 (with loss scaling) or none')
+        raise BadInput('--amp bf16: this GPU has no bfloat16 support; use --amp fp16 (with loss scaling) or none')
     if amp == 'tf32' and not (cuda and torch.cuda.is_available()
                               and torch.cuda.get_device_capability(torch.device(device))[0] >= 8):
-        raise ValueError(f'--amp tf32: TensorFloat-32 needs an Ampere or newer CUDA GPU (device {device}); use '
-                         f'--amp none (IEEE float32), bf16 or fp16')
+        raise BadInput(f'--amp tf32: TensorFloat-32 needs an Ampere or newer CUDA GPU (device {device}); use '
+                       f'--amp none (IEEE float32), bf16 or fp16')
 
 
 def setup_precision(amp, device):
@@ -219,7 +221,7 @@ def prefetch_loader(dataset, indices, num_workers, device):
 
 
 # --- out of memory ------------------------------------------------------------------------------------------
-class OutOfMemory(RuntimeError):
+class OutOfMemory(InputError, RuntimeError):
     """An out-of-memory error re-raised with the item that caused it and the flag to lower."""
 
 

@@ -8,6 +8,8 @@ import time
 
 import torch
 
+from misc.errors import BadInput
+
 # Fault injection for the tests of killed runs: "RANK:N" makes that rank kill itself (SIGKILL, as an out-of-memory
 # killer or a lost node would) when the training loop asks for its N-th batch (0-based, counted from the start or
 # the resume of the run). Unset in normal use.
@@ -19,8 +21,8 @@ def schedule(n_images, batch_size, epochs, list_path, batch_flag):
     shorter than one batch."""
     steps_per_epoch = n_images // batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f'--train_list {list_path} has {n_images} images, fewer than one batch '
-                         f'({batch_flag} {batch_size})')
+        raise BadInput(f'--train_list {list_path} has {n_images} images, fewer than one batch '
+                       f'({batch_flag} {batch_size})')
     return steps_per_epoch, steps_per_epoch * epochs
 
 
@@ -38,7 +40,7 @@ class StepSampler(torch.utils.data.Sampler):
 
     def __init__(self, n, batch_size, seed, start, stop, rank=0, world=1):
         if batch_size % world:
-            raise ValueError(f'a global batch of {batch_size} does not split across {world} processes')
+            raise BadInput(f'a global batch of {batch_size} does not split across {world} processes')
         self.n, self.batch, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
         self.rank, self.world = rank, world
         self.steps_per_epoch = n // batch_size
@@ -95,13 +97,23 @@ class DataWait:
         return out
 
 
-def load_resume_state(path, max_step):
-    """The saved training state, after checking it belongs to a run of the same length."""
+def load_resume_state(path, max_step, required=('net', 'optimizer', 'step', 'max_step')):
+    """The saved training state, after checking it is whole and belongs to a run of the same length. A damaged
+    file (a copy cut short, a full disk) says so and how to start the step over."""
     from misc.camio import load_checkpoint
-    state = load_checkpoint(path)
+    start_over = (f'delete it to start this step from its beginning (rm {path}), or restore the file; the weights '
+                  f'the step has written so far are not affected')
+    try:
+        state = load_checkpoint(path)
+    except BadInput as e:
+        raise BadInput(f'the resume file {path} is damaged and cannot be read ({e}): {start_over}') from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise BadInput(f'the resume file {path} lacks {", ".join(missing)}: it is not a resume file of this step or '
+                       f'it is damaged; {start_over}')
     if int(state['max_step']) != max_step:
-        raise ValueError(f'{path} was written for {state["max_step"]} steps, this run has {max_step}: '
-                         f'delete it (or the work dir) to start afresh')
+        raise BadInput(f'{path} was written for {state["max_step"]} steps, this run has {max_step}: '
+                       f'delete it (or the work dir) to start afresh')
     return state
 
 

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from misc import camio
 from misc.dataset import get_dataset
+from misc.errors import BadInput, MissingInput
 from misc.imutils import colorize_label, overlay_heatmap, voc_palette
 
 MISSING_GREY = 200
@@ -162,8 +163,8 @@ def read_optional_label(path):
 def load_run(work_dir):
     path = os.path.join(work_dir, 'args.json')
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing: --work_dir must be a folder run_sample.py wrote, or pass '
-                                f'--dataset, --root and --list or --names')
+        raise MissingInput(f'{path} is missing: --work_dir must be a folder run_sample.py wrote, or pass '
+                           f'--dataset, --root and --list or --names')
     return camio.load_json(path)
 
 
@@ -189,10 +190,10 @@ def run(work_dir, names, root, dataset='voc12', tag='vis', source='proto_cam', f
         seg = read_optional_label(camio.label_path(layout_dirs['seg_dir'], name))
         for lab, what in ((gt, 'GT'), (ir, 'IR label'), (sem, 'pseudo mask'), (seg, 'DeepLab prediction')):
             if lab is not None and lab.shape != img.shape[:2]:
-                raise ValueError(f'{name}: {what} size {lab.shape} differs from the image {img.shape[:2]}')
+                raise BadInput(f'{name}: {what} size {lab.shape} differs from the image {img.shape[:2]}')
         if cams is not None and cams['cam'].shape[1:] != img.shape[:2]:
-            raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {img.shape[:2]}; '
-                             f're-run make_cam for it')
+            raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {img.shape[:2]}; '
+                           f're-run make_cam for it')
         panels = image_panels(name, img, cams, gt, ir, sem, class_names, source, fuse_weight, seg)
         for _, _, lab in panels:
             if lab is not None:
@@ -204,7 +205,7 @@ def run(work_dir, names, root, dataset='voc12', tag='vis', source='proto_cam', f
                     camio.write_label(camio.label_path(os.path.join(out_dir, sub), name), lab, palette)
         rows.append(render(panels[:6 + max_classes], thumb_height, palette))
     if not rows:
-        raise ValueError('no images to draw: the list is empty')
+        raise BadInput('no images to draw: the list is empty')
     sheet = vstack(rows, sep=6)
     head = f'{work_dir}   CAM: {source}' + (f' (cam + {fuse_weight} proto_cam)' if source == 'fused' else '')
     sheet = titled(sheet, head + f'   {len(rows)} images', size=14)
@@ -242,13 +243,13 @@ def main(argv=None):
     dataset = args.dataset or saved.get('dataset', 'voc12')
     root = args.root or saved.get('dataset_root')
     if not root:
-        raise SystemExit('error: no dataset root: pass --root (args.json of the run has none)')
+        raise BadInput('no dataset root: pass --root (args.json of the run has none)')
     if args.names:
         names, tag = list(args.names), args.tag or 'names'
     else:
         lst = args.list or saved.get('eval_list')
         if not lst:
-            raise SystemExit('error: pass --list or --names')
+            raise BadInput('pass --list or --names')
         names = get_dataset(dataset).load_img_name_list(lst)
         tag = args.tag or os.path.splitext(os.path.basename(lst))[0]
     if args.max_images > 0:
@@ -261,4 +262,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    from misc.errors import cli
+    cli(main, sys.argv[1:])

@@ -3,6 +3,8 @@ import re
 
 import torch
 
+from misc.errors import BadInput
+
 
 def unwrap_state_dict(obj):
     """Accepts {'net': sd}, {'state_dict': sd}, {'model': sd} or a plain sd; strips DataParallel's 'module.'."""
@@ -12,7 +14,7 @@ def unwrap_state_dict(obj):
             sd = sd[key]
             break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError('checkpoint does not hold a state dict of tensors')
+        raise BadInput('checkpoint does not hold a state dict of tensors')
     return {(k[7:] if k.startswith('module.') else k): v for k, v in sd.items()}
 
 
@@ -36,7 +38,7 @@ def load_strict(model, sd, source='checkpoint', ignored=(), fresh=()):
             msg.append(f'  unexpected tensors ({len(unexpected)}): {", ".join(unexpected[:8])}' + (' ...' if len(unexpected) > 8 else ''))
         if shaped:
             msg.append(f'  mis-shaped tensors ({len(shaped)}): ' + '; '.join(shaped[:8]))
-        raise ValueError('\n'.join(msg))
+        raise BadInput('\n'.join(msg))
     model.load_state_dict({k: sd[k] if k in sd else own[k] for k in own}, strict=True)
 
 
@@ -51,7 +53,7 @@ def strip_aliases(sd, canonical_key, source='checkpoint', ignored=None):
             bad.append(f'{k} (aliases {c}: ' + ('missing' if c not in out else
                                                  f'shape {tuple(out[c].shape)} vs {tuple(v.shape)}') + ')')
     if bad:
-        raise ValueError(f'{source}: alias tensors without a matching real tensor: {"; ".join(bad[:6])}')
+        raise BadInput(f'{source}: alias tensors without a matching real tensor: {"; ".join(bad[:6])}')
     return out
 
 

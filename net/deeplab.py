@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from misc.errors import BadInput, MissingInput, Unavailable
 from net.checkpoint import load_strict, unwrap_state_dict
 from net.resnet50 import FixedBatchNorm
 
@@ -100,9 +101,9 @@ class DeepLabV2(nn.Sequential):
 
     def __init__(self, n_classes, depth=101, width=64, rates=ASPP_RATES, stride_in='1x1'):
         if depth not in BLOCKS:
-            raise ValueError(f'DeepLab-v2 depth must be one of {sorted(BLOCKS)}, got {depth}')
+            raise BadInput(f'DeepLab-v2 depth must be one of {sorted(BLOCKS)}, got {depth}')
         if stride_in not in ('1x1', '3x3'):
-            raise ValueError(f"stride_in must be '1x1' (Caffe/MSRA) or '3x3' (torchvision), got {stride_in!r}")
+            raise BadInput(f"stride_in must be '1x1' (Caffe/MSRA) or '3x3' (torchvision), got {stride_in!r}")
         super().__init__()
         ch = [width * 2 ** p for p in range(6)]
         n = BLOCKS[depth]
@@ -172,7 +173,7 @@ def torchvision_to_deeplab(key):
                 return m.expand(target)
             layer, block, rest = m.groups()
             return f'layer{int(layer) + 1}.block{int(block) + 1}.{target}.{rest}'
-    raise ValueError(f'tensor {key!r} has no place in DeepLab-v2 (not a torchvision ResNet name)')
+    raise BadInput(f'tensor {key!r} has no place in DeepLab-v2 (not a torchvision ResNet name)')
 
 
 def detect_layout(sd, source):
@@ -181,8 +182,8 @@ def detect_layout(sd, source):
         return 'torchvision'
     if any(k.startswith(('base.layer1.conv1.', 'layer1.conv1.conv.')) for k in sd):
         return 'deeplab'
-    raise ValueError(f'{source}: neither a deeplab-pytorch state dict (base.layer1.conv1.conv.weight ...) nor a '
-                     f'torchvision ResNet (conv1.weight, layer1.0.conv1.weight ...); first keys: {list(sd)[:4]}')
+    raise BadInput(f'{source}: neither a deeplab-pytorch state dict (base.layer1.conv1.conv.weight ...) nor a '
+                   f'torchvision ResNet (conv1.weight, layer1.0.conv1.weight ...); first keys: {list(sd)[:4]}')
 
 
 def to_model_keys(sd, source):
@@ -212,11 +213,11 @@ def read_state_dict(path_or_url, source):
         try:
             return torch.hub.load_state_dict_from_url(path_or_url, map_location='cpu', progress=True)
         except Exception as e:
-            raise RuntimeError(f'could not download {path_or_url} ({e}). Download it elsewhere and pass its path to '
-                               f'{source}, or pass none to train from random initialisation (not comparable '
-                               f'to the paper).') from None
+            raise Unavailable(f'could not download {path_or_url} ({e}). Download it elsewhere and pass its path to '
+                              f'{source}, or pass none to train from random initialisation (not comparable '
+                              f'to the paper).') from None
     if not os.path.isfile(path_or_url):
-        raise FileNotFoundError(f'{source} {path_or_url}: no such file (use imagenet, a path, or none)')
+        raise MissingInput(f'{source} {path_or_url}: no such file (use imagenet, a path, or none)')
     from misc.camio import load_checkpoint
     return load_checkpoint(path_or_url)
 
@@ -247,19 +248,19 @@ def load_weights(model, sd, source, allow_fresh_head=True):
     has_head = any(k.startswith('base.aspp.') for k in sd)
     depth = checkpoint_depth(sd)
     if depth is not None and depth != model.depth:
-        raise ValueError(f'{source} is a ResNet-{depth} (layer4 has {BLOCKS[depth][2]} blocks); this network is a '
-                         f'ResNet-{model.depth} (--seg_depth {model.depth})')
+        raise BadInput(f'{source} is a ResNet-{depth} (layer4 has {BLOCKS[depth][2]} blocks); this network is a '
+                       f'ResNet-{model.depth} (--seg_depth {model.depth})')
     w = sd.get('base.layer1.conv1.conv.weight')
     if w is not None and w.shape[0] != own['base.layer1.conv1.conv.weight'].shape[0]:
-        raise ValueError(f'{source} has a stem of {w.shape[0]} channels, this network {model.width} '
-                         f'(--backbone_width {model.width}; 64 is the real network)')
+        raise BadInput(f'{source} has a stem of {w.shape[0]} channels, this network {model.width} '
+                       f'(--backbone_width {model.width}; 64 is the real network)')
     head = sd.get('base.aspp.c0.weight')
     if head is not None and head.shape[0] != model.n_classes:
-        raise ValueError(f'{source} was trained for {head.shape[0]} classes (ASPP), this run has '
-                         f'{model.n_classes} (check --dataset, or start from a backbone-only checkpoint)')
+        raise BadInput(f'{source} was trained for {head.shape[0]} classes (ASPP), this run has '
+                       f'{model.n_classes} (check --dataset, or start from a backbone-only checkpoint)')
     if not has_head:
         if not allow_fresh_head:
-            raise ValueError(f'{source} holds no ASPP tensors (base.aspp.*): a backbone, not a trained DeepLab')
+            raise BadInput(f'{source} holds no ASPP tensors (base.aspp.*): a backbone, not a trained DeepLab')
         load_strict(model, sd, source, fresh=('base.aspp.',))
         return 'backbone'
     load_strict(model, sd, source)
@@ -274,7 +275,7 @@ def normalize_image(img, norm):
         return (img[..., ::-1].astype(np.float32) - np.asarray(CAFFE_MEAN_BGR, np.float32)).astype(np.float32)
     if norm == 'torchvision':
         return normalize(img)
-    raise ValueError(f'input normalisation must be one of {INPUT_NORMS}, got {norm!r}')
+    raise BadInput(f'input normalisation must be one of {INPUT_NORMS}, got {norm!r}')
 
 
 def build(n_classes, depth, width, stride_in, rates=ASPP_RATES, msc_scales=MSC_SCALES):

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from misc.errors import BadInput, MissingInput, Unavailable
+
 IMAGENET_URL = 'https://download.pytorch.org/models/resnet50-19c8e357.pth'  # SFC/network/resnet50.py:6
 
 
@@ -101,25 +103,25 @@ def load_imagenet_weights(model, weights):
     """torchvision-layout weights (ImageNet's, or the demo's stand-in of weights/standin/) loaded strictly."""
     if weights == 'imagenet':
         if model.width != 64:
-            raise ValueError(f'ImageNet weights need --backbone_width 64 (the real ResNet-50), got {model.width}')
+            raise BadInput(f'ImageNet weights need --backbone_width 64 (the real ResNet-50), got {model.width}')
         try:
             sd = torch.hub.load_state_dict_from_url(IMAGENET_URL, map_location='cpu', progress=True)
         except Exception as e:
-            raise RuntimeError(
+            raise Unavailable(
                 f'could not download the ImageNet ResNet-50 weights from {IMAGENET_URL} ({e}). Download that file '
                 f'elsewhere and pass --backbone_weights /path/to/resnet50-19c8e357.pth, or pass '
                 f'--backbone_weights none to train from random initialisation (not comparable to the paper).') from None
     else:
         if not os.path.isfile(weights):
-            raise FileNotFoundError(f'--backbone_weights {weights}: no such file (use imagenet, a path, or none)')
+            raise MissingInput(f'--backbone_weights {weights}: no such file (use imagenet, a path, or none)')
         sd = torch.load(weights, map_location='cpu', weights_only=True)
         if isinstance(sd, dict) and 'state_dict' in sd and isinstance(sd['state_dict'], dict):
             sd = sd['state_dict']
     sd = {k: v for k, v in sd.items() if not k.startswith('fc.')}
     stem = sd.get('conv1.weight')
     if stem is not None and stem.shape[0] != model.width:
-        raise ValueError(f'--backbone_weights {weights} is a ResNet of width {stem.shape[0]}, the network has width '
-                         f'{model.width}: pass --backbone_width {stem.shape[0]}')
+        raise BadInput(f'--backbone_weights {weights} is a ResNet of width {stem.shape[0]}, the network has width '
+                       f'{model.width}: pass --backbone_width {stem.shape[0]}')
     from net.checkpoint import load_strict
     load_strict(model, sd, source=str(weights))
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from misc.errors import BadInput
 from misc.torchutils import fp32
 from net import resnet50 as resnet
 from net.checkpoint import alias_mapper, load_strict, strip_aliases, unwrap_state_dict
@@ -43,7 +44,7 @@ class Net(nn.Module):
         super().__init__()
         w = backbone_width
         if w % 8:
-            raise ValueError(f'--backbone_width {w} must be a multiple of 8 for the IRN GroupNorm heads')
+            raise BadInput(f'--backbone_width {w} must be a multiple of 8 for the IRN GroupNorm heads')
         self.resnet50 = resnet.resnet50(strides=(2, 2, 2, 1), width=w, weights=backbone_weights)
         c0, (c1, c2, c3, c4) = w, self.resnet50.channels()
         e = w // 2

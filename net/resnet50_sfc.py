@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from misc.errors import BadInput
 from net import resnet50 as resnet
 from misc.torchutils import fp32
 from net.checkpoint import alias_mapper, load_strict, strip_aliases, unwrap_state_dict
@@ -177,7 +178,7 @@ def load_sfc_weights(model, obj, source='checkpoint'):
     sd = strip_aliases(unwrap_state_dict(obj), canonical_key, source)
     w = sd.get('classifier.weight')
     if w is not None and w.shape[0] != model.num_cls - 1:
-        raise ValueError(f'{source} was trained for {w.shape[0]} foreground classes, the network has '
-                         f'{model.num_cls - 1} (check --dataset and --sfc_weights)')
+        raise BadInput(f'{source} was trained for {w.shape[0]} foreground classes, the network has '
+                       f'{model.num_cls - 1} (check --dataset and --sfc_weights)')
     load_strict(model, sd, source)
     return model

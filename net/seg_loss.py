@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from misc.errors import BadInput
 from misc.torchutils import fp32
 
 IGNORE = 255
@@ -36,7 +37,7 @@ def denominators(labels, kind):
         return torch.stack([(labels != IGNORE).sum()]).double()
     if kind == 'balanced':
         return torch.stack([(labels == 0).sum(), ((labels != 0) & (labels != IGNORE)).sum()]).double()
-    raise ValueError(f'segmentation loss must be one of {LOSSES}, got {kind!r}')
+    raise BadInput(f'segmentation loss must be one of {LOSSES}, got {kind!r}')
 
 
 @fp32

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset
+from misc.errors import BadInput
 from misc.imutils import crf_inference_label
 from misc.torchutils import explain_oom
 
@@ -43,8 +44,8 @@ def _one(job):
     cams = camio.load_cam(camio.cam_path(args.cam_dir, name))
     img = read_image(img_path)
     if cams['cam'].shape[1:] != img.shape[:2]:
-        raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {img.shape[:2]}; '
-                         f're-run make_cam for it')
+        raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {img.shape[:2]}; '
+                       f're-run make_cam for it')
     with explain_oom(f'cam_to_ir_label, image {name} ({img.shape[0]}x{img.shape[1]}, {len(cams["keys"])} labels)',
                      f'The dense CRF holds a few copies of H x W x labels floats per process: lower --num_workers '
                      f'(now {args.num_workers}; the labels do not change). Labels finished so far are kept; '

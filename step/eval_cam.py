@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset
+from misc.errors import BadInput
 from misc.metrics import ConfusionMatrix, per_class
 from misc.plots import eval_figure
 from misc.pyutils import format_table
@@ -27,8 +28,8 @@ def predict(cams, source, fuse_weight):
 def check_keys(cams, label, name):
     keys = camio.keys_from_label(label)
     if not np.array_equal(cams['keys'], keys):
-        raise ValueError(f'CAM file of {name}: keys {cams["keys"].tolist()} disagree with the image labels '
-                         f'{keys.tolist()} in --cls_labels; re-run make_cam for it (delete the file)')
+        raise BadInput(f'CAM file of {name}: keys {cams["keys"].tolist()} disagree with the image labels '
+                       f'{keys.tolist()} in --cls_labels; re-run make_cam for it (delete the file)')
 
 
 def metrics_dict(scores, class_names, n_images, **extra):
@@ -57,7 +58,7 @@ def run(args):
     sources = list(args.cam_eval_source)
     for s in sources:
         if s not in camio.CAM_SOURCES:
-            raise ValueError(f'--cam_eval_source {s!r}: choose from {camio.CAM_SOURCES}')
+            raise BadInput(f'--cam_eval_source {s!r}: choose from {camio.CAM_SOURCES}')
     confs = {s: ConfusionMatrix(len(class_names)) for s in sources}
     vis_dir = os.path.join(args.vis_dir, 'cam')
     for i, name in enumerate(tqdm(names_ds.names, desc='eval_cam', dynamic_ncols=True, mininterval=5)):
@@ -66,7 +67,7 @@ def run(args):
             check_keys(cams, labels[name], name)
         gt = ds_mod.load_gt(args.dataset_root, name, layout)
         if gt.shape != cams['cam'].shape[1:]:
-            raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from GT size {gt.shape}')
+            raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from GT size {gt.shape}')
         for s in sources:
             pred = predict(cams, s, args.cam_eval_fuse_weight)
             confs[s].update(gt, pred, name)

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset
+from misc.errors import MissingInput
 from misc.metrics import ConfusionMatrix, per_class
 from misc.plots import eval_figure
 from misc.pyutils import format_table
@@ -22,9 +23,9 @@ def run(args):
     class_names = layout.class_names()
     missing = [n for n in names if not os.path.isfile(camio.label_path(args.seg_dir, n))]
     if missing:
-        raise FileNotFoundError(f'{len(missing)} ids of {args.seg_eval_list} have no prediction in {args.seg_dir} '
-                                f'(first: {missing[0]}); run make_seg on that list (--make_seg_pass True '
-                                f'--seg_infer_list {args.seg_eval_list})')
+        raise MissingInput(f'{len(missing)} ids of {args.seg_eval_list} have no prediction in {args.seg_dir} '
+                           f'(first: {missing[0]}); run make_seg on that list (--make_seg_pass True '
+                           f'--seg_infer_list {args.seg_eval_list})')
     with_nocrf = all(os.path.isfile(camio.label_path(args.seg_nocrf_dir, n)) for n in names)
     sources = {('crf' if with_nocrf else 'seg'): args.seg_dir}
     if with_nocrf:

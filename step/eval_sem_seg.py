@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset
+from misc.errors import MissingInput
 from misc.metrics import ConfusionMatrix, per_class
 from misc.plots import eval_figure
 from misc.pyutils import format_table
@@ -33,7 +34,7 @@ def run(args):
         gt = ds_mod.load_gt(args.dataset_root, name, layout)
         path = camio.label_path(mask_dir, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f'pseudo mask {path} is missing: run {producer} on a list containing {name}')
+            raise MissingInput(f'pseudo mask {path} is missing: run {producer} on a list containing {name}')
         mask = camio.read_label(path)
         conf.update(gt, np.where(mask == 255, 0, mask), name)  # 255 -> 0 as the authors (SFC/eval_sem_seg.py:16)
         ir_path = camio.label_path(args.ir_label_dir, name)

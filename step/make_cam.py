@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
+from misc.errors import MissingInput
 from misc.torchutils import (autocast, elsewhere, explain_oom, prefetch_loader, prepare_for_inference, run_sharded,
                              setup_precision, to_memory_format, use_channels_last)
 from net import resnet50_sfc
@@ -87,8 +88,8 @@ def run(args):
     setup_precision(args.amp, args.device)
     distributed.check_list(len(ds), args.infer_list, '--infer_list')
     if not os.path.isfile(args.sfc_weights):
-        raise FileNotFoundError(f'--sfc_weights {args.sfc_weights} does not exist: run train_sfc first '
-                                f'(--train_sfc_pass True) or point --sfc_weights at a checkpoint')
+        raise MissingInput(f'--sfc_weights {args.sfc_weights} does not exist: run train_sfc first '
+                           f'(--train_sfc_pass True) or point --sfc_weights at a checkpoint')
     todo = camio.unfinished(ds.names, lambda n: camio.cam_path(args.cam_dir, n), camio.is_complete_cam,
                             args.cam_skip_existing)
     print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(todo)} already done, {len(todo)} to do; '

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
+from misc.errors import BadInput, MissingInput
 from misc.imutils import crf_inference_softmax, voc_palette
 from misc.torchutils import (autocast, configure_cudnn, elsewhere, explain_oom, prefetch_loader, run_sharded,
                              setup_precision, to_memory_format, use_channels_last)
@@ -106,7 +107,7 @@ def export_voc_test(names, seg_dir, out_dir, n_classes):
     for name in names:
         pred = camio.read_label(camio.label_path(seg_dir, name))
         if pred.max(initial=0) >= n_classes:
-            raise ValueError(f'{name}: prediction holds class {int(pred.max())}, the server takes 0..{n_classes - 1}')
+            raise BadInput(f'{name}: prediction holds class {int(pred.max())}, the server takes 0..{n_classes - 1}')
         camio.write_label(os.path.join(folder, name + '.png'), pred, palette)
     tar_path = os.path.join(out_dir, 'results.tar.gz')
 
@@ -123,10 +124,10 @@ def run(args):
     setup_precision(args.amp, args.device)
     distributed.check_list(len(ds), args.seg_infer_list, '--seg_infer_list')
     if not os.path.isfile(args.seg_weights):
-        raise FileNotFoundError(f'--seg_weights {args.seg_weights} does not exist: run train_seg first '
-                                f'(--train_seg_pass True) or point --seg_weights at a checkpoint')
+        raise MissingInput(f'--seg_weights {args.seg_weights} does not exist: run train_seg first '
+                           f'(--train_seg_pass True) or point --seg_weights at a checkpoint')
     if args.seg_export_voc_test and args.dataset != 'voc12':
-        raise ValueError('--seg_export_voc_test writes the PASCAL VOC server layout: it needs --dataset voc12')
+        raise BadInput('--seg_export_voc_test writes the PASCAL VOC server layout: it needs --dataset voc12')
     todo = camio.unfinished(ds.names, lambda n: camio.label_path(args.seg_dir, n), camio.is_complete_label,
                             args.seg_skip_existing)
     print(f'  {len(ds)} images in {args.seg_infer_list}; {len(ds) - len(todo)} already done, {len(todo)} to do; '

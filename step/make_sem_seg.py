@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset
+from misc.errors import BadInput, MissingInput
 from misc.imutils import voc_palette
 from misc.indexing import propagate, transition_matrix_sparse
 from misc.torchutils import (autocast, elsewhere, explain_oom, fp32, prefetch_loader, prepare_for_inference,
@@ -73,7 +74,7 @@ def _work(rank, indices, device, args):
         cams = camio.load_cam(camio.cam_path(args.cam_dir, name))
         size = tuple(int(v) for v in pack['size'])
         if cams['cam'].shape[1:] != size:
-            raise ValueError(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {size}')
+            raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {size}')
         with explain_oom(f'make_sem_seg, image {name} ({size[0]}x{size[1]}, {len(cams["keys"])} channels)',
                          oom_advice(device), device), torch.inference_mode():
             with autocast(args.amp, device):
@@ -89,8 +90,8 @@ def run(args):
     setup_precision(args.amp, args.device)
     distributed.check_list(len(ds), args.infer_list, '--infer_list')
     if not os.path.isfile(args.irn_weights):
-        raise FileNotFoundError(f'--irn_weights {args.irn_weights} does not exist: run train_irn first '
-                                f'(--train_irn_pass True) or point --irn_weights at a checkpoint')
+        raise MissingInput(f'--irn_weights {args.irn_weights} does not exist: run train_irn first '
+                           f'(--train_irn_pass True) or point --irn_weights at a checkpoint')
     todo = camio.unfinished(ds.names, lambda n: camio.label_path(args.sem_seg_dir, n), camio.is_complete_label,
                             args.sem_seg_skip_existing)
     print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(todo)} already done, {len(todo)} to do; '

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from misc import camio, distributed, imutils
 from misc.dataset import get_dataset, num_classes
+from misc.errors import Diverged
 from misc.indexing import PathIndex
 from misc.pyutils import AverageMeter
 from misc.torchutils import PolyOptimizer, autocast, explain_oom, grad_scaler, to_memory_format, use_channels_last
@@ -115,8 +116,8 @@ def train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max
         distributed.sum_gradients(params)
         losses = {k: distributed.all_reduce_sum(v) for k, v in losses.items()}
         if not torch.isfinite(losses['total']):
-            raise FloatingPointError(f'train_irn: non-finite loss at step {step}; the last good state stays in '
-                                     f'{resume_path}. Lower --irn_lr.')
+            raise Diverged(f'train_irn: non-finite loss at step {step}; the last good state stays in '
+                           f'{resume_path}. Lower --irn_lr.')
         apply_update(optimizer, scaler, step)
         wait, took = batches.lap()
         meter.add({**{k: losses[k].item() for k in ('pos', 'neg', 'dp_fg', 'dp_bg')}, 'wait': wait, 'took': took})

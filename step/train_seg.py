@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
+from misc.errors import BadInput, Diverged
 from misc.pyutils import AverageMeter
 from misc.torchutils import PolyOptimizer, autocast, explain_oom, grad_scaler, to_memory_format, use_channels_last
 from misc.trainutils import (DataWait, apply_update, curve_log, epoch_order, load_resume_state, progress_line,
@@ -28,8 +29,8 @@ from net.resnet50 import calibrating_batchnorm
 def resolve_init(args):
     """(state dict in our keys or None, layout, stride_in, input_norm, source text) of --seg_init."""
     if args.seg_init is None:
-        raise ValueError(f'--seg_recipe {args.seg_recipe} needs --seg_init: the path of deeplab-pytorch\'s '
-                         f'deeplabv1_resnet101-coco.pth (or imagenet, another file, or none)')
+        raise BadInput(f'--seg_recipe {args.seg_recipe} needs --seg_init: the path of deeplab-pytorch\'s '
+                       f'deeplabv1_resnet101-coco.pth (or imagenet, another file, or none)')
     src = deeplab.TORCHVISION_URL[args.seg_depth] if args.seg_init == 'imagenet' else args.seg_init
     sd, layout = deeplab.init_layout(src, '--seg_init')
     stride_in, norm = deeplab.resolve_stride_and_norm(layout, args.seg_stride_in, args.seg_input_norm)
@@ -54,8 +55,8 @@ def check_not_gt(label_dir, root, layout):
     for d in (layout.gt_dir, 'SegmentationClass', 'SegmentationClassAug'):
         g = os.path.realpath(os.path.join(root, d))
         if real == g or real.startswith(g + os.sep):
-            raise ValueError(f'--seg_label_dir {label_dir} is the dataset\'s ground truth ({d}/): the segmentation '
-                             f'model trains on pseudo masks only (sem_seg/ or ir_label/ of a work directory)')
+            raise BadInput(f'--seg_label_dir {label_dir} is the dataset\'s ground truth ({d}/): the segmentation '
+                           f'model trains on pseudo masks only (sem_seg/ or ir_label/ of a work directory)')
 
 
 def optimizer_for(model, args, max_step):
@@ -169,8 +170,8 @@ def train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_pa
         distributed.sum_gradients(params)
         loss = distributed.all_reduce_sum(loss)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f'train_seg: non-finite loss at update {step}; the last good state stays in '
-                                     f'{resume_path}. Lower --seg_lr, or use --seg_loss balanced with ImageNet init.')
+            raise Diverged(f'train_seg: non-finite loss at update {step}; the last good state stays in '
+                           f'{resume_path}. Lower --seg_lr, or use --seg_loss balanced with ImageNet init.')
         apply_update(optimizer, scaler, step)
         wait, took = batches.lap()
         step += 1

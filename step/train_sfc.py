@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
+from misc.errors import BadInput, Diverged
 from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
 from misc.pyutils import AverageMeter, format_table
@@ -84,8 +85,8 @@ def dc_weights(args, counts, steps_per_epoch):
     else:
         offset = float(args.sfc_dc_offset)
     if offset <= 0 and (counts == 0).any():
-        raise ValueError(f'DC weights: classes without training images and offset {offset} divide by zero; '
-                         f'pass a positive --sfc_dc_offset or --sfc_dc_weights False')
+        raise BadInput(f'DC weights: classes without training images and offset {offset} divide by zero; '
+                       f'pass a positive --sfc_dc_offset or --sfc_dc_weights False')
     return sfc_loss.msdw_class_weights(counts, offset)
 
 
@@ -136,7 +137,7 @@ def run(args):
     ds_mod = get_dataset(args)
     crop = args.sfc_crop_size
     if crop % 32:
-        raise ValueError(f'--sfc_crop_size {crop} must be a multiple of 32 (stride-16 maps at full and half scale)')
+        raise BadInput(f'--sfc_crop_size {crop} must be a multiple of 32 (stride-16 maps at full and half scale)')
     train_ds = ds_mod.ClassificationDataset(
         args.train_list, args.dataset_root, args.cls_labels, crop_size=crop,
         resize_long=tuple(args.sfc_resize_long) if args.sfc_resize_long_aug else None,
@@ -179,7 +180,7 @@ def run(args):
         optimizer.load_state_dict(state['optimizer'])
         if bank is not None:
             if state['bank'] is None:
-                raise ValueError(f'{resume_path} was written with --sfc_ibr False; resume with the same setting')
+                raise BadInput(f'{resume_path} was written with --sfc_ibr False; resume with the same setting')
             bank.load_state_dict(state['bank'])
         bank_gen.set_state(state['bank_rng'])
         start, best = int(state['step']), dict(state['best'])
@@ -246,7 +247,7 @@ def train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, s
         losses = {k: distributed.all_reduce_sum(v) for k, v in losses.items()}
         loss_cls, loss_pdw, loss_wdw = losses['cls'], losses['pdw'], losses['wdw']
         if not torch.isfinite(loss_cls + loss_pdw + loss_wdw):
-            raise FloatingPointError(
+            raise Diverged(
                 f'train_sfc: non-finite loss at step {step} (cls {loss_cls.item():.4g}, pdw {loss_pdw.item():.4g}, '
                 f'wdw {loss_wdw.item():.4g}); the last good state stays in {resume_path}. Lower --sfc_lr.')
         scaler.unscale_(optimizer)

@@ -8,6 +8,7 @@ import pytest
 import run_sample
 from misc import camio
 from misc.check_data import check, main as check_main
+from misc.errors import BadInput
 from voc12 import dataloader as voc
 
 
@@ -60,7 +61,7 @@ def test_command_exit_status(faulty, tiny_voc, capsys):
 
 def test_run_sample_stops_before_the_steps(faulty, tmp_path, capsys):
     work = str(tmp_path / 'w')
-    with pytest.raises(SystemExit, match='data check failed'):
+    with pytest.raises(BadInput, match='data check failed'):
         run_sample.main(['--voc12_root', faulty['root'], '--work_dir', work, '--device', 'cpu', '--run_log', 'False',
                          '--backbone_weights', 'none', '--train_list', faulty['list'], '--eval_list', faulty['list'],
                          '--cls_labels', faulty['labels'], '--train_sfc_pass', 'True'])

@@ -349,6 +349,11 @@ def test_make_seg_on_a_foreign_checkpoint_and_test_root(tiny_voc, tmp_path):
                                    '--seg_export_voc_test', 'True'))
     assert res['make_seg']['computed'] == 6 and os.path.isfile(res['make_seg']['export'])
     assert not os.listdir(os.path.join(work, 'seg_nocrf'))
+    # a fresh work dir without image-level labels: the data check of make_seg does not ask for them
+    fresh = str(tmp_path / 'fresh')
+    res = run_sample.main(seg_args(tiny_voc, fresh, '--make_seg_pass', 'True', '--seg_weights', ck, '--seg_crf', 'False',
+                                   '--cls_labels', str(tmp_path / 'no_labels.npz')))
+    assert res['make_seg']['computed'] == 6
     empty = tmp_path / 'VOC2012_test'
     (empty / 'JPEGImages').mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r'ids of .*val\.txt have no image under .*VOC2012_test'):

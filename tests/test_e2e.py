@@ -72,7 +72,7 @@ def test_ablation_all_off_is_plain_cam(tiny_voc, tmp_path):
 
 
 def test_missing_root_and_checkpoint_errors(tiny_voc, tmp_path):
-    with pytest.raises(SystemExit, match='data check failed'):
+    with pytest.raises(ValueError, match='data check failed'):
         run_sample.main(base_args(tiny_voc, str(tmp_path / 'a'), '--voc12_root', str(tmp_path / 'none'),
                                   '--make_cam_pass', 'True'))
     with pytest.raises(FileNotFoundError, match='voc12_root'):  # the step's own error without the check

@@ -152,7 +152,7 @@ def test_tensorboard_flag(tiny_voc, tmp_path):
     args = base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--sfc_select_on_gt', 'False',
                      '--sfc_num_epoches', '1', '--tensorboard', 'True')
     if importlib.util.find_spec('tensorboard') is None:
-        with pytest.raises(SystemExit, match='pip install tensorboard'):
+        with pytest.raises(RuntimeError, match='pip install tensorboard'):
             run_sample.main(args)
     else:
         run_sample.main(args)

@@ -123,4 +123,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from misc.errors import cli
+    cli(main)

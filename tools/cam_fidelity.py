@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from misc.errors import MissingInput
 from misc.pyutils import format_table  # noqa: E402
 
 # (name, channels_last, fold: None | 'float32' | 'float64', threads, dtype, amp, prototype: ours | authors')
@@ -86,8 +87,8 @@ def main(argv=None):
     rng = np.random.default_rng(a.seed)
     samples = [make_sample(rng, a.height, a.width_px) for _ in range(a.images)]
     if not os.path.isfile(a.sfc_weights):
-        raise FileNotFoundError(f'--sfc_weights {a.sfc_weights} does not exist (bash run_demo.sh writes '
-                                f'work/demo/ckpt/res50_sfc.pth, a width-8 network: pass --width 8)')
+        raise MissingInput(f'--sfc_weights {a.sfc_weights} does not exist (bash run_demo.sh writes '
+                           f'work/demo/ckpt/res50_sfc.pth, a width-8 network: pass --width 8)')
     load_sfc_weights(base, camio.load_checkpoint(a.sfc_weights), a.sfc_weights)
     packs = []
     for img, gt, _, _ in samples:
@@ -157,4 +158,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from misc.errors import cli
+    cli(main)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from misc import imutils
 from misc.camio import read_label
+from misc.errors import BadInput, MissingInput, MissingLabel
 
 CAT_LIST = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
             'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
@@ -31,10 +32,10 @@ class VOC12Layout:
     @classmethod
     def check_root(cls, root):
         if not root or not os.path.isdir(root):
-            raise FileNotFoundError(f'dataset root {root!r} does not exist ({cls.root_flag})')
+            raise MissingInput(f'dataset root {root!r} does not exist ({cls.root_flag})')
         if not os.path.isdir(os.path.join(root, cls.img_dir)):
-            raise FileNotFoundError(f'dataset root {root} has no {cls.img_dir}/ folder '
-                                    f'({cls.root_flag} must point at the folder that contains it)')
+            raise MissingInput(f'dataset root {root} has no {cls.img_dir}/ folder '
+                               f'({cls.root_flag} must point at the folder that contains it)')
 
     @classmethod
     def n_cat(cls):
@@ -60,9 +61,9 @@ def load_img_name_list(path):
     """Image ids of a list file. Accepts plain id lines ('2007_000032') and the SIPE/SFC format
     ('/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png'); ids stay strings."""
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f'image list {path!r} does not exist; build the lists with '
-                                f'`python -m voc12.make_cls_labels --voc12_root ROOT --out_dir WORK/meta` '
-                                f'or pass an existing list file')
+        raise MissingInput(f'image list {path!r} does not exist; build the lists with '
+                           f'`python -m voc12.make_cls_labels --voc12_root ROOT --out_dir WORK/meta` '
+                           f'or pass an existing list file')
     names = []
     with open(path, encoding='utf-8') as f:
         for line in f:
@@ -74,7 +75,7 @@ def load_img_name_list(path):
                 tok = os.path.splitext(os.path.basename(tok))[0]
             names.append(tok)
     if not names:
-        raise ValueError(f'image list {path} is empty: nothing to process')
+        raise BadInput(f'image list {path} is empty: nothing to process')
     return names
 
 
@@ -90,8 +91,8 @@ def save_img_name_list(path, names):
 def load_cls_labels(path):
     """dict id -> float32 (N_CAT,) multi-hot, from a cls_labels.npz (names, labels) written by make_cls_labels."""
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f'class-label file {path!r} does not exist; build it with '
-                                f'`python -m voc12.make_cls_labels --voc12_root ROOT --out_dir WORK/meta` (--cls_labels)')
+        raise MissingInput(f'class-label file {path!r} does not exist; build it with '
+                           f'`python -m voc12.make_cls_labels --voc12_root ROOT --out_dir WORK/meta` (--cls_labels)')
     with np.load(path, allow_pickle=False) as z:
         names, labels = z['names'], z['labels']
     return {str(n): labels[i].astype(np.float32) for i, n in enumerate(names)}
@@ -104,9 +105,9 @@ def read_image(path):
             img.load()
             return np.asarray(img.convert('RGB'))
     except FileNotFoundError:
-        raise FileNotFoundError(f'image {path} is missing (listed in the image list but not on disk)') from None
+        raise MissingInput(f'image {path} is missing (listed in the image list but not on disk)') from None
     except (OSError, SyntaxError) as e:
-        raise ValueError(f'image {path} cannot be decoded ({e}); replace the file or drop it from the list') from None
+        raise BadInput(f'image {path} cannot be decoded ({e}); replace the file or drop it from the list') from None
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -120,8 +121,8 @@ class ImageDataset(torch.utils.data.Dataset):
         self.names = load_img_name_list(img_name_list_path)
         missing = [n for n in self.names if not os.path.isfile(self.image_path(n))]
         if missing:
-            raise FileNotFoundError(f'{len(missing)} ids of {img_name_list_path} have no image under {root} '
-                                    f'(first: {self.image_path(missing[0])}); fix the list or the root')
+            raise MissingInput(f'{len(missing)} ids of {img_name_list_path} have no image under {root} '
+                               f'(first: {self.image_path(missing[0])}); fix the list or the root')
 
     def __len__(self):
         return len(self.names)
@@ -155,12 +156,12 @@ class _Labelled(ImageDataset):
         labels = load_cls_labels(cls_labels_path)
         missing = [n for n in self.names if n not in labels]
         if missing:
-            raise KeyError(f'{len(missing)} ids of {img_name_list_path} have no image-level label in '
-                           f'{cls_labels_path} (first: {missing[:3]}); rebuild it with voc12.make_cls_labels')
+            raise MissingLabel(f'{len(missing)} ids of {img_name_list_path} have no image-level label in '
+                               f'{cls_labels_path} (first: {missing[:3]}); rebuild it with voc12.make_cls_labels')
         self.labels = np.stack([labels[n] for n in self.names]).astype(np.float32)
         n_cat = self.layout.n_cat()
         if self.labels.shape[1] != n_cat:
-            raise ValueError(f'{cls_labels_path} has {self.labels.shape[1]} classes, {self.layout.name} has {n_cat}')
+            raise BadInput(f'{cls_labels_path} has {self.labels.shape[1]} classes, {self.layout.name} has {n_cat}')
 
     def class_counts(self):
         """Images per class over this list (SPEC A5: the MSDW weights come from these)."""
@@ -243,8 +244,8 @@ class AffinityDataset(_Epoched, ImageDataset):
         self.seed = int(seed)
         missing = [n for n in self.names if not os.path.isfile(os.path.join(label_dir, n + '.png'))]
         if missing:
-            raise FileNotFoundError(f'{len(missing)} ids of {img_name_list_path} have no IR label in {label_dir} '
-                                    f'(first: {missing[0]}); run cam_to_ir_label (--cam_to_ir_label_pass True) on them')
+            raise MissingInput(f'{len(missing)} ids of {img_name_list_path} have no IR label in {label_dir} '
+                               f'(first: {missing[0]}); run cam_to_ir_label (--cam_to_ir_label_pass True) on them')
 
     def __getitem__(self, idx):
         epoch, idx = self.epoch_index(idx)
@@ -252,7 +253,7 @@ class AffinityDataset(_Epoched, ImageDataset):
         img = self.read(name)
         label = read_label(os.path.join(self.label_dir, name + '.png'))
         if label.shape != img.shape[:2]:
-            raise ValueError(f'IR label of {name} is {label.shape}, its image {img.shape[:2]}')
+            raise BadInput(f'IR label of {name} is {label.shape}, its image {img.shape[:2]}')
         rng = np.random.default_rng([self.seed, epoch, idx])
         if self.rescale is not None:
             s = imutils.random_scale_factor(rng, self.rescale[0], self.rescale[1])
@@ -274,7 +275,7 @@ def load_gt(root, name, layout=VOC12Layout):
     """uint8 (H,W) class-index GT (255 = void) from the layout's GT folder."""
     path = layout.gt_path(root, name)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'GT mask {path} is missing; evaluation needs a GT PNG for every id of --eval_list')
+        raise MissingInput(f'GT mask {path} is missing; evaluation needs a GT PNG for every id of --eval_list')
     return read_label(path)
 
 
@@ -290,7 +291,7 @@ class SegmentationDataset(_Epoched, ImageDataset):
                  base_size=None, hor_flip=True, input_norm='caffe', seed=0):
         super().__init__(img_name_list_path, root)
         if scale_mode not in ('uniform', 'choice'):
-            raise ValueError(f"scale mode must be 'uniform' or 'choice', got {scale_mode!r}")
+            raise BadInput(f"scale mode must be 'uniform' or 'choice', got {scale_mode!r}")
         self.label_dir, self.crop_size, self.base_size = label_dir, int(crop_size), base_size
         self.scales, self.scale_mode = [float(s) for s in scales], scale_mode
         self.hor_flip, self.input_norm = hor_flip, input_norm
@@ -298,9 +299,9 @@ class SegmentationDataset(_Epoched, ImageDataset):
         self.n_classes = self.layout.n_cat() + 1
         missing = [n for n in self.names if not os.path.isfile(self.label_path(n))]
         if missing:
-            raise FileNotFoundError(f'{len(missing)} ids of {img_name_list_path} have no pseudo mask in {label_dir} '
-                                    f'(first: {missing[0]}); run the step that writes them (make_sem_seg for sem_seg/, '
-                                    f'cam_to_ir_label for ir_label/) on this list, or point --seg_label_dir elsewhere')
+            raise MissingInput(f'{len(missing)} ids of {img_name_list_path} have no pseudo mask in {label_dir} '
+                               f'(first: {missing[0]}); run the step that writes them (make_sem_seg for sem_seg/, '
+                               f'cam_to_ir_label for ir_label/) on this list, or point --seg_label_dir elsewhere')
 
     def label_path(self, name):
         return os.path.join(self.label_dir, name + '.png')
@@ -311,11 +312,11 @@ class SegmentationDataset(_Epoched, ImageDataset):
         try:
             label = read_label(path)
         except (OSError, ValueError) as e:
-            raise ValueError(f'pseudo mask of {name} cannot be read ({e}); re-run the step that wrote it') from None
+            raise BadInput(f'pseudo mask of {name} cannot be read ({e}); re-run the step that wrote it') from None
         bad = np.setdiff1d(np.unique(label), np.r_[np.arange(self.n_classes), 255])
         if bad.size:
-            raise ValueError(f'pseudo mask of {name} ({path}) holds value {int(bad[0])}: allowed are class ids '
-                             f'0..{self.n_classes - 1} and 255 (ignore) for {self.layout.name}')
+            raise BadInput(f'pseudo mask of {name} ({path}) holds value {int(bad[0])}: allowed are class ids '
+                           f'0..{self.n_classes - 1} and 255 (ignore) for {self.layout.name}')
         return label
 
     def scale_factor(self, rng):
@@ -330,7 +331,7 @@ class SegmentationDataset(_Epoched, ImageDataset):
         name = self.names[idx]
         img, label = self.read(name), self.read_mask(name)
         if label.shape != img.shape[:2]:
-            raise ValueError(f'pseudo mask of {name} is {label.shape}, its image {img.shape[:2]}')
+            raise BadInput(f'pseudo mask of {name} is {label.shape}, its image {img.shape[:2]}')
         rng = np.random.default_rng([self.seed, epoch, idx])
         h, w = label.shape
         if self.base_size:

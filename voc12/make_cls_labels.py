@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from misc.camio import atomic_write, read_label, save_json
+from misc.errors import BadInput, MissingInput
 from voc12.dataloader import CAT_LIST, load_img_name_list, save_img_name_list
 
 AUG_DIR = 'SegmentationClassAug'
@@ -24,7 +25,7 @@ def labels_from_xml(path, cat_list=CAT_LIST):
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
-        raise ValueError(f'annotation {path} is not valid XML ({e})') from None
+        raise BadInput(f'annotation {path} is not valid XML ({e})') from None
     y = np.zeros(len(cat_list), dtype=np.uint8)
     for el in root.iter('name'):
         name = (el.text or '').strip()
@@ -50,20 +51,20 @@ def image_label(root, name):
         png = os.path.join(root, d, name + '.png')
         if os.path.isfile(png):
             return labels_from_png(png)
-    raise FileNotFoundError(f'no Annotations/{name}.xml and no segmentation PNG for {name} under {root}: '
-                            f'its image-level label cannot be built')
+    raise MissingInput(f'no Annotations/{name}.xml and no segmentation PNG for {name} under {root}: '
+                       f'its image-level label cannot be built')
 
 
 def build(root, out_dir):
     seg_sets = os.path.join(root, 'ImageSets', 'Segmentation')
     if not os.path.isdir(root):
-        raise FileNotFoundError(f'--voc12_root {root} does not exist')
+        raise MissingInput(f'--voc12_root {root} does not exist')
     lists = {}
     for split in ('train', 'val'):
         p = os.path.join(seg_sets, split + '.txt')
         if not os.path.isfile(p):
-            raise FileNotFoundError(f'{p} is missing: --voc12_root must be the VOC2012 folder '
-                                    f'(with JPEGImages/, ImageSets/Segmentation/)')
+            raise MissingInput(f'{p} is missing: --voc12_root must be the VOC2012 folder '
+                               f'(with JPEGImages/, ImageSets/Segmentation/)')
         lists[split] = sorted(set(load_img_name_list(p)))
     aug = os.path.join(root, AUG_DIR)
     if os.path.isdir(aug):
@@ -72,8 +73,8 @@ def build(root, out_dir):
     all_ids = sorted(set().union(*lists.values()))
     missing = [n for n in all_ids if not os.path.isfile(os.path.join(root, 'JPEGImages', n + '.jpg'))]
     if missing:
-        raise FileNotFoundError(f'{len(missing)} listed ids have no JPEGImages/<id>.jpg under {root} '
-                                f'(first: {missing[:3]})')
+        raise MissingInput(f'{len(missing)} listed ids have no JPEGImages/<id>.jpg under {root} '
+                           f'(first: {missing[:3]})')
     labels = np.stack([image_label(root, n) for n in all_ids])
     empty = [n for n, y in zip(all_ids, labels) if not y.any()]
     os.makedirs(out_dir, exist_ok=True)
@@ -105,4 +106,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from misc.errors import cli
+    cli(main)

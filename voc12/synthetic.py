@@ -19,6 +19,7 @@ import os
 import cv2
 import numpy as np
 
+from misc.errors import BadInput
 from misc.imutils import voc_palette
 from voc12.dataloader import CAT_LIST, save_img_name_list
 
@@ -56,7 +57,7 @@ def variant_style(variant):
     if variant == 'a':
         return PRESENCE, PARTNER, CO_OCCUR, APPEARANCE
     if variant != 'b':
-        raise ValueError(f"synthetic VOC variant must be 'a' or 'b', got {variant!r}")
+        raise BadInput(f"synthetic VOC variant must be 'a' or 'b', got {variant!r}")
     rng = np.random.default_rng(20240101)
     order = [CAT_LIST[i] for i in rng.permutation(len(CAT_LIST))]  # head first
     values = sorted(PRESENCE.values(), reverse=True)
@@ -244,4 +245,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from misc.errors import cli
+    cli(main)
