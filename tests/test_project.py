@@ -37,17 +37,6 @@ def test_pass_flags_are_typed_booleans_and_alias():
     assert p.parse_args(['--cam_scales', '1', '0.5']).cam_scales == [1.0, 0.5]
 
 
-def test_defaults_are_the_authors():
-    a = run_sample.get_parser().parse_args([])
-    assert (a.sfc_batch_size, a.sfc_num_epoches, a.sfc_lr, a.sfc_weight_decay) == (16, 6, 0.1, 1e-4)
-    assert (a.sfc_momentum, a.sfc_poly_power, a.sfc_grad_clip, a.sfc_crop_size) == (1e-4, 0.9, 1.0, 512)
-    assert (a.sfc_pdw_weight, a.sfc_wdw_weight, a.sfc_half_scale, a.sfc_bank_samples) == (1.6, 0.8, 0.5, 4)
-    assert (a.sfc_proto_bg_factor, float(a.sfc_dc_offset), a.sfc_val_freq, a.seed) == (0.3, 396.0, 300, 10)
-    assert a.cam_scales == [1.0, 0.5, 1.5, 2.0] and (a.cam_bg_offset, a.cam_fg_scale) == (0.4, 2.0)
-    assert a.cam_eval_source == ['proto_cam'] and a.backbone_weights == 'imagenet' and a.backbone_width == 64
-    assert a.sfc_resize_long_aug is False and a.sfc_hor_flip is False and a.sfc_select_on_gt is True
-
-
 def test_finalize_puts_everything_under_work_dir(tmp_path):
     a = run_sample.finalize_args(run_sample.get_parser().parse_args(['--work_dir', str(tmp_path / 'w'),
                                                                      '--device', 'cpu']))
