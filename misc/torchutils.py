@@ -118,6 +118,7 @@ def fp32(fn):
                 return fn(*args, **kwargs)
             with torch.autocast(kind, enabled=False):
                 return fn(*up(args), **{k: up(v) for k, v in kwargs.items()})
+    wrapper.float32_part = True  # found by the tests, which check what every such part receives and returns
     return wrapper
 
 

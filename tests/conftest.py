@@ -61,6 +61,42 @@ def pytest_terminal_summary(terminalreporter):
                                 + (f'; {n_failed} FAILED' if n_failed else ''))
 
 
+def _global_state():
+    import torch
+    return {'torch threads': torch.get_num_threads(), 'default dtype': torch.get_default_dtype(),
+            'grad enabled': torch.is_grad_enabled(), 'cwd': os.getcwd(),
+            'deterministic algorithms': torch.are_deterministic_algorithms_enabled(),
+            'cudnn.benchmark': torch.backends.cudnn.benchmark, 'cudnn.deterministic': torch.backends.cudnn.deterministic,
+            'cudnn conv precision': torch.backends.cudnn.conv.fp32_precision,
+            'environment': {k: v for k, v in os.environ.items() if k.startswith(('SFC_', 'OMP_', 'TQDM_'))}}
+
+
+@pytest.fixture(autouse=True)
+def no_global_state_left_behind():
+    """A test that changes process-wide state (threads, dtype, cwd, cuDNN flags, SFC_* variables) and does not put
+    it back fails, and the state is restored, so that no test runs under what an earlier one left."""
+    import torch
+    before = _global_state()
+    yield
+    after = _global_state()
+    if after != before:
+        changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+        torch.set_num_threads(before['torch threads'])
+        torch.set_default_dtype(before['default dtype'])
+        torch.set_grad_enabled(before['grad enabled'])
+        os.chdir(before['cwd'])
+        torch.use_deterministic_algorithms(before['deterministic algorithms'])
+        torch.backends.cudnn.benchmark = before['cudnn.benchmark']
+        torch.backends.cudnn.deterministic = before['cudnn.deterministic']
+        torch.backends.cudnn.conv.fp32_precision = before['cudnn conv precision']
+        for k in set(before['environment']) | set(after['environment']):
+            if k in before['environment']:
+                os.environ[k] = before['environment'][k]
+            else:
+                os.environ.pop(k, None)
+        pytest.fail(f'the test changed global state and left it so: {changed}')
+
+
 @pytest.fixture(scope='session')
 def tiny_voc(tmp_path_factory):
     """A small synthetic VOC root plus its lists/labels (built by our own commands)."""

@@ -172,3 +172,99 @@ def test_amp_none_is_ieee_float32_on_cuda_and_tf32_is_asked_for():
             assert not torch.is_autocast_enabled('cpu')
     finally:
         conv.fp32_precision, matmul.fp32_precision = saved
+
+
+def _float32_parts():
+    """Every function and method marked by misc.torchutils.fp32 in the project's modules: (owner, name, marked)."""
+    import importlib
+    import inspect
+    parts = []
+    for mod_name in ('net.resnet50_sfc', 'net.sfc_loss', 'net.resnet50_irn', 'net.seg_loss', 'step.make_sem_seg'):
+        mod = importlib.import_module(mod_name)
+        owners = [mod] + [c for _, c in inspect.getmembers(mod, inspect.isclass) if c.__module__ == mod_name]
+        for owner in owners:
+            for name, f in list(vars(owner).items()):
+                if getattr(f, 'float32_part', False):
+                    parts.append((owner, name, f))
+    return parts
+
+
+@pytest.mark.parametrize('amp', ['bf16', 'fp16'])
+def test_float32_parts_receive_and_return_float32_under_autocast(amp, monkeypatch):
+    """Under --amp bf16/fp16 the trunk runs in low precision while every part marked float32 (CAM normalisation,
+    heads, PCM, prototype, hierarchical feature, SFC/IRN/segmentation losses, random walk) receives float32
+    tensors, runs with autocast off and returns float32: each marked function is replaced by a recording copy of
+    itself and the real forward passes and losses are run."""
+    import argparse
+
+    from misc.indexing import PathIndex
+    from net import deeplab, resnet50_irn, seg_loss, sfc_loss
+    from step import make_sem_seg
+    from step.train_irn import affinity_labels_torch
+    calls = {}
+
+    def recording(name, inner):
+        def rec(*args, **kwargs):
+            tensors = [t for t in list(args) + list(kwargs.values()) for t in (t if isinstance(t, (list, tuple))
+                                                                                 else [t]) if torch.is_tensor(t)]
+            out = inner(*args, **kwargs)
+            outs = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else [out]
+            calls.setdefault(name, []).append((
+                {t.dtype for t in tensors if t.is_floating_point()}, torch.is_autocast_enabled('cpu'),
+                {t.dtype for t in outs if torch.is_tensor(t) and t.is_floating_point()}))
+            return out
+        return rec
+
+    parts = _float32_parts()
+    assert {f'{getattr(o, "__name__", o)}.{n}' for o, n, _ in parts} == FLOAT32_PARTS
+    for owner, name, marked in parts:
+        monkeypatch.setattr(owner, name, fp32(recording(f'{getattr(owner, "__name__", owner)}.{name}',
+                                                        marked.__wrapped__)))
+    trunk = []
+    torch.manual_seed(0)
+    net = resnet50_sfc.Net(21, backbone_width=8)
+    net.resnet50.layer4.register_forward_hook(lambda m, i, o: trunk.append(o.dtype))
+    x = torch.randn(2, 3, 64, 64)
+    mask = torch.ones(2, 21, 4, 4)
+    label = torch.zeros(2, 20)
+    label[:, 3] = 1
+    w = sfc_loss.channel_weights(torch.ones(20).numpy())
+    cam_net = resnet50_sfc.CAM(21, backbone_width=8)
+    irn = resnet50_irn.Net(8)
+    p = PathIndex(5, (16, 16))
+    red = torch.randint(0, 3, (2, 16, 16), dtype=torch.uint8)
+    inds = [torch.from_numpy(i) for i in p.path_indices]
+    seg = deeplab.build(21, 50, 8, '1x1')
+    with autocast(amp, 'cpu'):
+        o1, o2 = net(x, mask), net(torch.nn.functional.interpolate(x, scale_factor=0.5), mask[:, :, :2, :2])
+        y = label[:, :, None, None]
+        sfc_loss.classification_loss(o1['score'], o2['score'], y)
+        sfc_loss.gsc_loss(o1['cam'], o1['proto_cam'], w)
+        sfc_loss.cross_scale_loss(o1['cam'], o2['cam'], torch.cat([torch.ones_like(y[:, :1]), y], 1), w)
+        cam, proto, _ = cam_net(torch.randn(2, 3, 64, 64), torch.ones(21))
+        edge_out, dp_out = irn(torch.randn(2, 3, 64, 64))
+        labels = affinity_labels_torch(red, torch.from_numpy(p.src_indices), torch.from_numpy(p.dst_indices), 21)
+        resnet50_irn.irn_training_loss(edge_out, dp_out, inds, p.search_dst, p.radius_floor, *labels)
+        logit = seg(torch.randn(2, 3, 48, 48))[0]
+        lab = torch.randint(0, 21, (2,) + tuple(logit.shape[2:]))
+        seg_loss.output_loss(logit, lab, seg_loss.denominators(lab, 'balanced'), 'balanced')
+        cams = {'keys': np.array([0, 4]), 'cam': np.random.rand(2, 30, 30).astype(np.float32)}
+        cams['proto_cam'] = cams['cam'].copy()
+        a = argparse.Namespace(sem_seg_proto_weight=0.3, sem_seg_power=1.3, sem_seg_double_power=True,
+                               sem_seg_bg_value=0.25, sem_seg_radius=5, beta=10, exp_times=2)
+        make_sem_seg.pseudo_label(cams, torch.rand(1, 8, 8).to(AMP_LOW[amp]), (30, 30), a)
+    low = AMP_LOW[amp]
+    assert trunk and all(d == low for d in trunk), trunk  # the trunk did run in low precision
+    assert {f'{getattr(o, "__name__", o)}.{n}' for o, n, _ in parts} == set(calls), 'a marked part was not run'
+    for name, seen in calls.items():
+        for ins, autocast_on, outs in seen:
+            assert ins <= {torch.float32, torch.float64} and not autocast_on, (name, ins, autocast_on)
+            assert outs <= {torch.float32, torch.float64} and torch.float32 in outs | ins, (name, outs)
+
+
+AMP_LOW = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+# what must stay IEEE float32 under --amp (README, precision): a part that loses its mark fails the test above
+FLOAT32_PARTS = {'Net._heads', 'Net.pcm', 'net.resnet50_irn.irn_training_loss', 'net.resnet50_sfc.hierarchical_feature',
+                 'net.resnet50_sfc.normalize_cam', 'net.resnet50_sfc.pcm_propagate', 'net.resnet50_sfc.prototype_cam',
+                 'net.seg_loss.output_loss', 'net.sfc_loss.classification_loss', 'net.sfc_loss.cross_scale_loss',
+                 'net.sfc_loss.gsc_loss', 'step.make_sem_seg.pseudo_label'}

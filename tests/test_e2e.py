@@ -27,17 +27,32 @@ def test_pipeline_through_eval_cam(tiny_voc, tmp_path, capsys):
                                     '--eval_cam_pass', 'True', '--cam_eval_source', 'proto_cam', 'cam', 'fused',
                                     '--cam_vis_count', '2'))
     assert res['train_sfc']['steps'] == 2 * (22 // 2)
-    assert res['train_sfc']['best']['step'] in (13, 16, 19, 22)  # validated when (g-1) % 3 == 0 and g > 10
+    best = res['train_sfc']['best']
     out = capsys.readouterr().out
     assert out.count('IoU cam  IoU proto_cam') == 4 and '\nbackground ' in out  # per-class table per validation
     curves = [json.loads(line) for line in open(os.path.join(work, 'metrics', 'train_sfc_scalars.jsonl'))]
-    assert [c['step'] for c in curves if 'val/miou_cam' in c] == [13, 16, 19, 22]
+    vals = [c for c in curves if 'val/miou_cam' in c]
+    assert [c['step'] for c in vals] == [13, 16, 19, 22]  # validated when (g-1) % 3 == 0 and g > 10
+    # the kept checkpoint is the first validation with the highest cam + proto_cam mIoU, and it scores that again
+    top = max(vals, key=lambda c: c['val/miou_cam'] + c['val/miou_proto_cam'])
+    assert best['step'] == top['step'] and best['score'] == pytest.approx(top['val/miou_cam'] + top['val/miou_proto_cam'])
     assert [c['step'] for c in curves if 'loss/cls' in c] == list(range(1, 23))
     ckpt = os.path.join(work, 'ckpt')
     for f in (camio.SFC_WEIGHTS, camio.SFC_FINAL, camio.SFC_BEST_GT, camio.SFC_RESUME):
         assert os.path.isfile(os.path.join(ckpt, f)), f
     sd = torch.load(os.path.join(ckpt, camio.SFC_WEIGHTS), weights_only=True)
     assert set(sd) == {'net'} and 'classifier.weight' in sd['net']
+    from net.resnet50_sfc import Net
+    from step.train_sfc import validate
+    from voc12.dataloader import ClassificationDataset
+    kept = Net(21, backbone_width=8)
+    kept.load_state_dict(sd['net'])
+    meta = tiny_voc['meta']
+    again = validate(kept, ClassificationDataset(os.path.join(meta, 'val.txt'), tiny_voc['root'],
+                                                 os.path.join(meta, 'cls_labels.npz')), 'cpu')
+    assert again['cam']['miou'] + again['proto_cam']['miou'] == pytest.approx(best['score'], abs=1e-9)
+    final = torch.load(os.path.join(ckpt, camio.SFC_FINAL), weights_only=True)['net']
+    assert best['step'] == 22 or any(not torch.equal(final[k], sd['net'][k]) for k in final)
     names = open(os.path.join(tiny_voc['meta'], 'val.txt')).read().split()
     labels = np.load(os.path.join(tiny_voc['meta'], 'cls_labels.npz'))
     lab = dict(zip(labels['names'], labels['labels']))

@@ -17,13 +17,52 @@ def test_later_rows_overwrite_and_empty_slots_stay_zero():
     assert bank.img[2].abs().sum() == 0 and bank.label[2].sum() == 0 and bank.mask[3].sum() == 0
 
 
-def test_sampling_is_seeded_with_replacement_over_all_slots():
-    bank = ImageBank(20, 4, 'cpu')
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    idx1 = torch.randint(0, 20, (400,), generator=g1)
-    assert len(set(idx1.tolist())) == 20
-    a = bank.sample(4, g2)
-    assert a[0].shape == (4, 3, 4, 4) and a[1].shape == (4, 4, 4) and a[2].shape == (4, 20)
+def test_update_matches_the_authors_loop_on_random_batches():
+    """The authors' update, written as their loop (for every row in order, for every class it contains: that
+    slot <- the row's crop, mask and full label), against ours on random batches with overlapping classes."""
+    g = torch.Generator().manual_seed(0)
+    n, crop = 6, 4
+    bank = ImageBank(n, crop, 'cpu')
+    slots = {'img': torch.zeros(n, 3, crop, crop), 'mask': torch.zeros(n, crop, crop, dtype=torch.uint8),
+             'label': torch.zeros(n, n)}
+    for _ in range(5):
+        rows = 5
+        img = torch.randn(rows, 3, crop, crop, generator=g)
+        mask = (torch.rand(rows, crop, crop, generator=g) < 0.7).to(torch.uint8)
+        label = (torch.rand(rows, n, generator=g) < 0.3).float()
+        for i in range(rows):  # the authors' loop (SFC/train_resnet50_SFC.py:149-153)
+            for k in range(n):
+                if label[i, k] == 1:
+                    slots['img'][k], slots['mask'][k], slots['label'][k] = img[i], mask[i], label[i]
+        bank.update(img, mask, label)
+        for key, want in slots.items():
+            assert torch.equal(getattr(bank, key), want), key
+
+
+def test_sampling_draws_every_slot_uniformly_with_replacement_from_the_seed():
+    """bank.sample(k, generator) returns the rows of k slots drawn uniformly over all n slots with replacement
+    (the authors: random.randint(0, 19) four times), the slots being the generator's draws: the same seed gives the
+    same slots. Each slot holds a crop whose value is its own index, so the returned crops name the slots."""
+    n, k = 20, 4
+    bank = ImageBank(n, 2, 'cpu')
+    ids = torch.arange(n, dtype=torch.float32)
+    bank.update(ids.view(n, 1, 1, 1).expand(n, 3, 2, 2).clone(), torch.ones(n, 2, 2), torch.eye(n))
+
+    def slots(img):
+        return img[:, 0, 0, 0].long().tolist()
+    g = torch.Generator().manual_seed(3)
+    drawn = [s for _ in range(500) for s in slots(bank.sample(k, g)[0])]
+    counts = torch.bincount(torch.tensor(drawn), minlength=n).double()
+    assert (counts > 0).all(), 'some slots are never drawn'
+    expected = len(drawn) / n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 43.8, chi2  # 19 degrees of freedom, p = 0.001
+    first = [slots(bank.sample(k, torch.Generator().manual_seed(s))[0]) for s in (3, 3, 4)]
+    assert first[0] == first[1] != first[2]
+    assert first[0] == torch.randint(0, n, (k,), generator=torch.Generator().manual_seed(3)).tolist()
+    img, mask, label = bank.sample(k, torch.Generator().manual_seed(3))
+    assert torch.equal(label, torch.eye(n)[first[0]]) and mask.shape == (k, 2, 2)
+    assert len(set(drawn)) == n and any(len(set(drawn[i:i + k])) < k for i in range(0, len(drawn), k))  # repeats
 
 
 def test_bank_state_roundtrip():

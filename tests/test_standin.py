@@ -59,8 +59,12 @@ def test_pretraining_reproduces_its_first_steps():
     argv = [x for i, x in enumerate(argv) if x != '--nets' and (i == 0 or argv[i - 1] != '--nets')]
     a = pretrain_backbone.get_parser().parse_args(argv + ['--max_steps', '3'])
     assert a.seed == rec['seed'] and a.threads == rec['settings']['threads']
-    torch.set_num_threads(a.threads)
-    runs = [pretrain_backbone.train('resnet50', a, log=lambda *_: None) for _ in range(2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(a.threads)  # as the committed run
+    try:
+        runs = [pretrain_backbone.train('resnet50', a, log=lambda *_: None) for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
     for k, v in runs[0][0].state_dict().items():  # bit for bit, twice
         assert torch.equal(v, runs[1][0].state_dict()[k]), k
     assert runs[0][1]['first_losses'] == runs[1][1]['first_losses']
