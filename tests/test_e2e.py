@@ -165,3 +165,27 @@ def test_eval_sem_seg_scores_by_hand(tiny_voc, tmp_path):
     class_names = ['background'] + CAT_LIST
     for c, (a, b) in cov.items():
         assert ir['coverage_per_class'][class_names[c]] == pytest.approx(a / b, abs=1e-12)
+
+
+def test_sfc_update_is_clipped_to_the_global_norm(tiny_voc, tmp_path):
+    """One SFC step without weight decay: the first SGD update is lr x gradient (the momentum buffer starts as the
+    gradient), so (w0 - w1) / lr over every trained tensor (lr x10 for the new layers) is the clipped gradient,
+    whose global L2 norm must be exactly --sfc_grad_clip when the raw gradient is larger."""
+    from step.train_sfc import build_model
+    works = {k: str(tmp_path / k) for k in ('start', 'step')}
+    common = ['--sfc_num_epoches', '1', '--sfc_select_on_gt', 'False', '--sfc_weight_decay', '0', '--sfc_grad_clip',
+              '0.01', '--train_list', os.path.join(tiny_voc['meta'], 'val.txt'), '--sfc_batch_size', '6',
+              '--train_sfc_pass', 'True']
+    run_sample.main(base_args(tiny_voc, works['start'], *common, '--sfc_lr', '0'))
+    run_sample.main(base_args(tiny_voc, works['step'], *common, '--sfc_lr', '0.01'))
+    w0, w1 = (torch.load(os.path.join(w, 'ckpt', camio.SFC_FINAL), weights_only=True)['net'] for w in works.values())
+    args = run_sample.get_parser().parse_args(['--backbone_width', '8', '--backbone_weights', 'none'])
+    model = build_model(args, 'cpu')
+    backbone, new = model.trainable_parameters()
+    names = {id(p): n for n, p in model.named_parameters()}
+    sq = 0.0
+    for params, lr in ((backbone, 0.01), (new, 0.1)):
+        for p in params:
+            n = names[id(p)]
+            sq += float(((w0[n].double() - w1[n].double()) / lr).pow(2).sum())
+    assert sq ** 0.5 == pytest.approx(0.01, rel=1e-4)

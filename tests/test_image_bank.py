@@ -90,6 +90,7 @@ def test_stride_masks_equal_authors_21_channel_nearest():
 def test_epoch_order_is_a_pure_function():
     assert epoch_order(10, 2, 50) == epoch_order(10, 2, 50)
     assert epoch_order(10, 2, 50) != epoch_order(10, 3, 50)
+    assert epoch_order(10, 2, 50) != epoch_order(11, 2, 50)  # --seed changes the data order
     assert sorted(epoch_order(10, 0, 50)) == list(range(50))
 
 
