@@ -47,8 +47,10 @@ def get_parser():
                    help='COCO 2014 folder (train2014/, val2014/, annotations/, SegmentationClass/ from coco14.make_cls_labels)')
     a.add_argument('--work_dir', default='work/voc', type=str, help='every output goes below this folder')
     a.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
-    a.add_argument('--num_workers', default=max(1, (os.cpu_count() or 2) // 2), type=int,
-                   help='data-loading workers (authors: cpu_count//2 for inference, 8 for training)')
+    a.add_argument('--num_workers', default=None, type=int,
+                   help='data-loading workers per process (default: half of this process\'s share of the cores, the '
+                        'cores split over the torchrun ranks of the machine; the authors: cpu_count//2 for inference, '
+                        '8 for training)')
     a.add_argument('--seed', default=10, type=int, help='seeds every stage (SFC/train_resnet50_SFC.py:99)')
     a.add_argument('--deterministic', default=False, type=str2bool, help='cuDNN deterministic mode')
     a.add_argument('--amp', default='none', choices=('none', 'tf32', 'bf16', 'fp16'),
@@ -154,6 +156,9 @@ def get_parser():
     a.add_argument('--ir_crf_bi_sxy', default=50, type=float, help='addPairwiseBilateral sxy')
     a.add_argument('--ir_crf_bi_srgb', default=5, type=float, help='addPairwiseBilateral srgb')
     a.add_argument('--ir_crf_bi_compat', default=10, type=float, help='addPairwiseBilateral compat')
+    a.add_argument('--ir_crf_workers', default=0, type=int,
+                   help='processes running the dense CRF; 0 = this process\'s share of the cores (the usable cores '
+                        'split over the torchrun ranks of the machine; the authors: cpu_count//2)')
     a.add_argument('--ir_skip_existing', default=True, type=str2bool, help='skip images whose ir_label PNG is complete')
 
     a = p.add_argument_group('IRN training (train_irn; SFC/train_irn.py)')
@@ -265,6 +270,9 @@ def get_parser():
     a.add_argument('--seg_crf_bi_w', default=4, type=float, help='CRF.BI_W')
     a.add_argument('--seg_crf_bi_xy_std', default=67, type=float, help='CRF.BI_XY_STD')
     a.add_argument('--seg_crf_bi_rgb_std', default=3, type=float, help='CRF.BI_RGB_STD')
+    a.add_argument('--seg_crf_workers', default=0, type=int,
+                   help='processes running the dense CRF beside the network (same outputs for any number); 0 = this '
+                        'process\'s share of the cores minus one, at least 1 (1 = inline, no pool)')
     a.add_argument('--seg_skip_existing', default=True, type=str2bool, help='skip images whose seg PNG is complete')
     a.add_argument('--seg_export_voc_test', default=False, type=str2bool,
                    help='also write the VOC evaluation server layout results/VOC2012/Segmentation/comp6_test_cls/ '
@@ -285,6 +293,11 @@ def finalize_args(args):
         if getattr(args, f'{alias}_pass'):
             setattr(args, f'{target}_pass', True)
     args.device = distributed.init(resolve_device(args.device))  # under torchrun: this rank's GPU
+    share = distributed.cpu_share()  # the usable cores split over the ranks of this machine
+    if args.num_workers is None:
+        args.num_workers = max(1, share // 2)
+    args.ir_crf_workers = args.ir_crf_workers or share
+    args.seg_crf_workers = args.seg_crf_workers or max(1, share - 1)
     args.work_dir = os.path.abspath(args.work_dir)
     for k, v in camio.work_layout(args.work_dir).items():
         setattr(args, k, v)

@@ -48,6 +48,25 @@ def init(device):
     return device
 
 
+def local_world():
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+
+
+def usable_cores():
+    """CPU cores this process may run on (its affinity mask: what a cluster scheduler granted)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_share():
+    """This process's share of the machine's usable cores: the cores split evenly over the ranks on this machine,
+    so that ranks x their worker processes never exceed the cores."""
+    return max(1, usable_cores() // local_world())
+
+
 def active():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -137,8 +156,9 @@ def check_list(n, path, flag):
                        f'(torchrun --nproc_per_node) or use a longer list')
 
 
-def check_same_args(args, ignore=('device',)):
-    """Stop when the ranks were started with different arguments (a rank each from a different command line)."""
+def check_same_args(args, ignore=('device', 'num_workers', 'ir_crf_workers', 'seg_crf_workers')):
+    """Stop when the ranks were started with different arguments (a rank each from a different command line). The
+    device and the worker counts are per machine (resolved from its cores) and may differ."""
     if not active():
         return
     d = {k: v for k, v in sorted(vars(args).items()) if k not in ignore}

@@ -54,8 +54,14 @@ def show_traceback(argv=None):
 
 
 def one_line(exc):
-    """The message of an input error on one line (multi-line messages are joined with ' | ')."""
-    text = ' | '.join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    """The message of an input error on one line (multi-line messages are joined with ' | '). An error re-raised
+    from a DataLoader worker carries the worker's traceback in its text: its last line holds the message."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 2 and lines[1].startswith('Original Traceback'):
+        last = lines[-1]
+        lines = [last.split(': ', 1)[1] if ': ' in last and last.split(': ', 1)[0].endswith(type(exc).__name__)
+                 else last]
+    text = ' | '.join(lines)
     return f'error: {text or type(exc).__name__}'
 
 

@@ -64,3 +64,41 @@ def scores_from_confusion(mat):
     return {'iou': iou, 'miou': float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float('nan'),
             'precision': precision, 'recall': recall, 'to_other_fg': to_other_fg, 'fp': fp, 'fn': fn,
             'gt_pixels': gt.astype(np.int64), 'pred_pixels': pred.astype(np.int64)}
+
+
+class _PerImage:
+    """A map-style dataset of per_image(name) results, for DataLoader workers."""
+
+    def __init__(self, per_image, names):
+        self.per_image, self.names = per_image, names
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        return self.per_image(self.names[i])
+
+
+def _as_is(item):
+    return item
+
+
+def accumulate(per_image, names, num_workers=0, desc='eval'):
+    """Sum over `names` of per_image(name), a dict of NumPy arrays (per-image confusion matrices and counts), computed
+    by `num_workers` loader processes (file reading and decoding in parallel; the sum here is tiny). per_image must
+    be picklable (a module-level function or a functools.partial of one). In image order, so the sums do not depend
+    on the number of workers."""
+    import torch
+    from tqdm import tqdm
+    loader = torch.utils.data.DataLoader(_PerImage(per_image, names), batch_size=None, num_workers=num_workers,
+                                         collate_fn=_as_is)
+    total = {}
+    for item in tqdm(loader, total=len(names), desc=desc, dynamic_ncols=True, mininterval=5):
+        for k, v in item.items():
+            total[k] = total[k] + v if k in total else np.array(v, copy=True)
+    return total
+
+
+def confusion_of(gt, pred, n, name=None):
+    """The (n, n) confusion counts of one image."""
+    return ConfusionMatrix(n).update(gt, pred, name).mat

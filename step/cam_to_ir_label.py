@@ -5,10 +5,9 @@
 3. Background pass: F_0 x 0.5 -> argmax -> CRF -> bg_conf.
 4. Label = fg_conf where it is a class; 0 where both passes say background; 255 (ignore) where only the
    background-suppressed pass finds foreground.
-Runs on --num_workers CPU processes; images whose PNG is complete are skipped.
+Runs on --ir_crf_workers CPU processes (each reads its CAMs and image, runs both CRFs and writes the PNG);
+images whose PNG is complete are skipped.
 """
-import multiprocessing as mp
-
 import numpy as np
 from tqdm import tqdm
 
@@ -17,6 +16,7 @@ from misc.dataset import get_dataset
 from misc.errors import BadInput
 from misc.imutils import crf_inference_label
 from misc.torchutils import explain_oom
+from misc.workpool import Background, counted
 
 
 def ir_label(img, cams, fuse_weight=0.7, bg_factor=0.5, ignore=255, **crf_kw):
@@ -47,8 +47,8 @@ def _one(job):
         raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {img.shape[:2]}; '
                        f're-run make_cam for it')
     with explain_oom(f'cam_to_ir_label, image {name} ({img.shape[0]}x{img.shape[1]}, {len(cams["keys"])} labels)',
-                     f'The dense CRF holds a few copies of H x W x labels floats per process: lower --num_workers '
-                     f'(now {args.num_workers}; the labels do not change). Labels finished so far are kept; '
+                     f'The dense CRF holds a few copies of H x W x labels floats per process: lower --ir_crf_workers '
+                     f'(now {args.ir_crf_workers}; the labels do not change). Labels finished so far are kept; '
                      f're-running cam_to_ir_label continues after them.'):
         lab = ir_label(img, cams, args.ir_proto_weight, args.ir_bg_factor, **crf_kwargs(args))
     camio.write_label(camio.label_path(args.ir_label_dir, name), lab)
@@ -64,12 +64,7 @@ def run(args):
     print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(names)} already done, {len(names)} to do; '
           f'F = cam + {args.ir_proto_weight} proto_cam, bg x{args.ir_bg_factor}, CRF t={args.ir_crf_iters}')
     jobs = [(n, ds.image_path(n), args) for n in distributed.shard(names)]
-    if args.num_workers > 1 and len(jobs) > 1:
-        with mp.get_context('spawn').Pool(min(args.num_workers, len(jobs))) as pool:
-            for _ in tqdm(pool.imap_unordered(_one, jobs, chunksize=4), total=len(jobs), desc='cam_to_ir_label',
-                          dynamic_ncols=True, mininterval=5):
-                pass
-    else:
-        for job in tqdm(jobs, desc='cam_to_ir_label', dynamic_ncols=True, mininterval=5):
-            _one(job)
+    with Background(min(args.ir_crf_workers, len(jobs)), 'process', ahead=4) as pool:
+        for job in tqdm(counted(jobs), total=len(jobs), desc='cam_to_ir_label', dynamic_ncols=True, mininterval=5):
+            pool.submit(_one, job)
     return {'n_images': len(ds), 'computed': len(names)}

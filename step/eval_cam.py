@@ -6,15 +6,15 @@ Prediction = keys[argmax over the stored channels] (ties -> background), with th
 counts skip GT 255. Per class: IoU, precision, recall and the share of its GT pixels predicted as another
 foreground class (the over/under-activation SFC targets).
 """
+import functools
 import os
 
 import numpy as np
-from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset
 from misc.errors import BadInput
-from misc.metrics import ConfusionMatrix, per_class
+from misc.metrics import accumulate, confusion_of, per_class, scores_from_confusion
 from misc.plots import eval_figure
 from misc.pyutils import format_table
 from misc.visualize import cam_panels
@@ -49,6 +49,20 @@ def print_table(title, scores, class_names):
     print(format_table(['class', 'IoU', 'precision', 'recall', 'to_other_fg', 'gt_pixels'], rows))
 
 
+def _image_confusions(name, root, cam_dir, labels, sources, fuse_weight, ds_name):
+    """Per-source confusion counts of one image (run in a loader worker)."""
+    ds_mod = get_dataset(ds_name)
+    layout = ds_mod.ImageDataset.layout
+    cams = camio.load_cam(camio.cam_path(cam_dir, name))
+    if name in labels:
+        check_keys(cams, labels[name], name)
+    gt = ds_mod.load_gt(root, name, layout)
+    if gt.shape != cams['cam'].shape[1:]:
+        raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from GT size {gt.shape}')
+    n = layout.n_cat() + 1
+    return {s: confusion_of(gt, predict(cams, s, fuse_weight), n, name) for s in sources}
+
+
 def run(args):
     ds_mod = get_dataset(args)
     names_ds = ds_mod.ImageDataset(args.eval_list, args.dataset_root)
@@ -59,30 +73,23 @@ def run(args):
     for s in sources:
         if s not in camio.CAM_SOURCES:
             raise BadInput(f'--cam_eval_source {s!r}: choose from {camio.CAM_SOURCES}')
-    confs = {s: ConfusionMatrix(len(class_names)) for s in sources}
+    per_image = functools.partial(_image_confusions, root=args.dataset_root, cam_dir=args.cam_dir, labels=labels,
+                                  sources=sources, fuse_weight=args.cam_eval_fuse_weight, ds_name=args.dataset)
+    mats = accumulate(per_image, names_ds.names, args.num_workers, 'eval_cam')
     vis_dir = os.path.join(args.vis_dir, 'cam')
-    for i, name in enumerate(tqdm(names_ds.names, desc='eval_cam', dynamic_ncols=True, mininterval=5)):
+    for name in names_ds.names[:args.cam_vis_count]:
         cams = camio.load_cam(camio.cam_path(args.cam_dir, name))
-        if name in labels:
-            check_keys(cams, labels[name], name)
         gt = ds_mod.load_gt(args.dataset_root, name, layout)
-        if gt.shape != cams['cam'].shape[1:]:
-            raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from GT size {gt.shape}')
-        for s in sources:
-            pred = predict(cams, s, args.cam_eval_fuse_weight)
-            confs[s].update(gt, pred, name)
-        if i < args.cam_vis_count:
-            pred = predict(cams, sources[0], args.cam_eval_fuse_weight)
-            img = names_ds.read(name)
-            camio.write_image(os.path.join(vis_dir, name + '.png'),
-                              cam_panels(img, camio.cam_score(cams, sources[0], args.cam_eval_fuse_weight),
-                                         cams['keys'], gt, pred))
+        pred = predict(cams, sources[0], args.cam_eval_fuse_weight)
+        camio.write_image(os.path.join(vis_dir, name + '.png'),
+                          cam_panels(names_ds.read(name), camio.cam_score(cams, sources[0], args.cam_eval_fuse_weight),
+                                     cams['keys'], gt, pred))
+    scores = {s: scores_from_confusion(mats[s]) for s in sources}
     results = {}
     for s in sources:
-        sc = confs[s].scores()
-        results[s] = metrics_dict(sc, class_names, len(names_ds))
-        print_table(f'eval_cam: {s} on {args.eval_list} ({len(names_ds)} images)', sc, class_names)
-    eval_figure(args, ds_mod, 'eval_cam', {s: confs[s].scores()['iou'] for s in sources}, class_names)
+        results[s] = metrics_dict(scores[s], class_names, len(names_ds))
+        print_table(f'eval_cam: {s} on {args.eval_list} ({len(names_ds)} images)', scores[s], class_names)
+    eval_figure(args, ds_mod, 'eval_cam', {s: scores[s]['iou'] for s in sources}, class_names)
     head = dict(results[sources[0]])
     head.update({'source': sources[0], 'sources': results, 'eval_list': args.eval_list})
     camio.save_json(os.path.join(args.metrics_dir, 'eval_cam.json'), head)

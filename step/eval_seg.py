@@ -4,16 +4,24 @@ Scores seg/ (after the CRF when make_seg ran with it) and, when make_seg wrote t
 CRF (seg_nocrf/); prints one per-class table with both. GT 255 is ignored. This is the number the paper's main
 table reports (VOC val 71.2 / test 72.5 through the server, COCO val 46.8).
 """
+import functools
 import os
-
-from tqdm import tqdm
 
 from misc import camio
 from misc.dataset import get_dataset
 from misc.errors import MissingInput
-from misc.metrics import ConfusionMatrix, per_class
+from misc.metrics import accumulate, confusion_of, per_class, scores_from_confusion
 from misc.plots import eval_figure
 from misc.pyutils import format_table
+
+
+def _image_confusions(name, root, sources, ds_name):
+    """Confusion counts of one image's predictions (run in a loader worker)."""
+    ds_mod = get_dataset(ds_name)
+    layout = ds_mod.ImageDataset.layout
+    gt = ds_mod.load_gt(root, name, layout)
+    return {k: confusion_of(gt, camio.read_label(camio.label_path(d, name)), layout.n_cat() + 1, name)
+            for k, d in sources.items()}
 
 
 def run(args):
@@ -30,12 +38,9 @@ def run(args):
     sources = {('crf' if with_nocrf else 'seg'): args.seg_dir}
     if with_nocrf:
         sources['no_crf'] = args.seg_nocrf_dir
-    confs = {k: ConfusionMatrix(len(class_names)) for k in sources}
-    for name in tqdm(names, desc='eval_seg', dynamic_ncols=True, mininterval=5):
-        gt = ds_mod.load_gt(args.dataset_root, name, layout)
-        for k, d in sources.items():
-            confs[k].update(gt, camio.read_label(camio.label_path(d, name)), name)
-    scores = {k: c.scores() for k, c in confs.items()}
+    per_image = functools.partial(_image_confusions, root=args.dataset_root, sources=sources, ds_name=args.dataset)
+    mats = accumulate(per_image, names, args.num_workers, 'eval_seg')
+    scores = {k: scores_from_confusion(m) for k, m in mats.items()}
     keys = list(sources)
     rows = [[n] + [scores[k]['iou'][i] for k in keys] for i, n in enumerate(class_names)]
     rows.append(['mIoU'] + [scores[k]['miou'] for k in keys])

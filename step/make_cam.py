@@ -18,6 +18,7 @@ from misc.dataset import get_dataset, num_classes
 from misc.errors import MissingInput
 from misc.torchutils import (autocast, elsewhere, explain_oom, prefetch_loader, prepare_for_inference, run_sharded,
                              setup_precision, to_memory_format, use_channels_last)
+from misc.workpool import Background, counted
 from net import resnet50_sfc
 
 
@@ -74,12 +75,14 @@ def _work(rank, indices, device, args):
                                                     scales=args.cam_scales)
     model = load_cam_model(args, device)
     n_cls = num_classes(args)
-    for pack in tqdm(prefetch_loader(ds, indices, args.num_workers, device), desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
-        size = tuple(int(v) for v in pack['size'])
-        with explain_oom(f'make_cam, image {pack["name"]} ({size[0]}x{size[1]}) at scales {tuple(args.cam_scales)}',
-                         oom_advice(args, device), device):
-            cam, proto, keys = cams_of(model, pack, n_cls, size, args, device)
-        camio.save_cam(camio.cam_path(args.cam_dir, pack['name']), keys, cam, proto)
+    with Background(1, 'thread') as writer:  # the file of image i is written while the network works on i+1
+        for pack in tqdm(counted(prefetch_loader(ds, indices, args.num_workers, device)), total=len(indices),
+                         desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
+            size = tuple(int(v) for v in pack['size'])
+            with explain_oom(f'make_cam, image {pack["name"]} ({size[0]}x{size[1]}) at scales {tuple(args.cam_scales)}',
+                             oom_advice(args, device), device):
+                cam, proto, keys = cams_of(model, pack, n_cls, size, args, device)
+            writer.submit(camio.save_cam, camio.cam_path(args.cam_dir, pack['name']), keys, cam, proto)
 
 
 def run(args):

@@ -6,6 +6,8 @@ the dense CRF on the RGB image (10 iterations, Gaussian 1/3, bilateral 67/3/4) -
 copy in seg_palette/. With --seg_crf False, seg/ holds the argmax. With only scale 1 and no flip this is
 deeplab-pytorch's test + crf (which feeds the CRF the mean-subtracted image cast to uint8; we feed the image).
 --seg_export_voc_test writes the VOC evaluation server's layout and its tar.gz. Finished images are skipped.
+The CRF of an image runs in one of --seg_crf_workers processes while the network works on the next images (beside
+a GPU the network takes a fraction of the CRF's time); the outputs do not depend on the number of workers.
 """
 import os
 import tarfile
@@ -21,6 +23,7 @@ from misc.errors import BadInput, MissingInput
 from misc.imutils import crf_inference_softmax, voc_palette
 from misc.torchutils import (autocast, configure_cudnn, elsewhere, explain_oom, prefetch_loader, run_sharded,
                              setup_precision, to_memory_format, use_channels_last)
+from misc.workpool import Background, counted
 from net import deeplab
 from net.checkpoint import unwrap_state_dict
 
@@ -75,6 +78,13 @@ def oom_advice(args, device):
             f'Predictions finished so far are kept; re-running make_seg continues after them.')
 
 
+def _crf_and_write(raw, prob, params, palette_path, seg_path):
+    """The dense CRF of one image and its two PNGs (run beside the network by a worker process, or inline)."""
+    pred = np.argmax(crf_inference_softmax(raw, prob, **params), axis=0).astype(np.uint8)
+    camio.write_label(palette_path, pred, voc_palette())
+    camio.write_label(seg_path, pred)  # last: its presence marks completion
+
+
 def _work(rank, indices, device, args):
     device = torch.device(device)
     n_cls = num_classes(args)
@@ -82,21 +92,26 @@ def _work(rank, indices, device, args):
     ds = get_dataset(args).SegInferDataset(args.seg_infer_list, args.seg_infer_root, norm)
     palette = voc_palette()
     channels_last = use_channels_last(args.channels_last, device)
-    for pack in tqdm(prefetch_loader(ds, indices, args.num_workers, device), desc=f'make_seg[{rank}]',
-                     position=rank, dynamic_ncols=True, mininterval=5):
-        name, raw = pack['name'], pack['raw'].numpy()
-        size = raw.shape[:2]
-        with explain_oom(f'make_seg, image {name} ({size[0]}x{size[1]})', oom_advice(args, device), device), \
-                torch.inference_mode():
-            logits = predict_logits(model, pack['img'][None].to(device, non_blocking=True), size,
-                                    args.seg_test_scales, args.seg_test_flip, args.amp, channels_last)
-            prob = F.softmax(logits, dim=0)
-            pred = torch.argmax(prob, dim=0).cpu().numpy().astype(np.uint8)
-        if args.seg_crf:
-            camio.write_label(camio.label_path(args.seg_nocrf_dir, name), pred)
-            pred = np.argmax(crf_inference_softmax(raw, prob.cpu().numpy(), **crf_params(args)), axis=0).astype(np.uint8)
-        camio.write_label(camio.label_path(args.seg_palette_dir, name), pred, palette)
-        camio.write_label(camio.label_path(args.seg_dir, name), pred)  # last: its presence marks completion
+    params = crf_params(args)
+    # the CRF of image i runs in a worker while the network works on image i+1 (inline with one worker)
+    with Background(args.seg_crf_workers if args.seg_crf else 0, 'process') as crf:
+        for pack in tqdm(counted(prefetch_loader(ds, indices, args.num_workers, device)), total=len(indices),
+                         desc=f'make_seg[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
+            name, raw = pack['name'], pack['raw'].numpy()
+            size = raw.shape[:2]
+            with explain_oom(f'make_seg, image {name} ({size[0]}x{size[1]})', oom_advice(args, device), device), \
+                    torch.inference_mode():
+                logits = predict_logits(model, pack['img'][None].to(device, non_blocking=True), size,
+                                        args.seg_test_scales, args.seg_test_flip, args.amp, channels_last)
+                prob = F.softmax(logits, dim=0)
+                pred = torch.argmax(prob, dim=0).cpu().numpy().astype(np.uint8)
+            paths = camio.label_path(args.seg_palette_dir, name), camio.label_path(args.seg_dir, name)
+            if args.seg_crf:
+                camio.write_label(camio.label_path(args.seg_nocrf_dir, name), pred)
+                crf.submit(_crf_and_write, raw, prob.cpu().numpy(), params, *paths)
+            else:
+                camio.write_label(paths[0], pred, palette)
+                camio.write_label(paths[1], pred)  # last: its presence marks completion
 
 
 def export_voc_test(names, seg_dir, out_dir, n_classes):
@@ -132,7 +147,9 @@ def run(args):
                             args.seg_skip_existing)
     print(f'  {len(ds)} images in {args.seg_infer_list}; {len(ds) - len(todo)} already done, {len(todo)} to do; '
           f'weights {args.seg_weights}; test scales {tuple(args.seg_test_scales)}'
-          f'{" + flip" if args.seg_test_flip else ""}; CRF {"on" if args.seg_crf else "off"}')
+          f'{" + flip" if args.seg_test_flip else ""}; CRF '
+          + (f'on, in {args.seg_crf_workers} processes beside the network' if args.seg_crf and args.seg_crf_workers > 1
+             else 'on, inline' if args.seg_crf else 'off'))
     if todo:
         run_sharded(_work, args, todo)
     out = {'n_images': len(ds), 'computed': len(todo)}

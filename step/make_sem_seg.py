@@ -21,6 +21,7 @@ from misc.imutils import voc_palette
 from misc.indexing import propagate, transition_matrix_sparse
 from misc.torchutils import (autocast, elsewhere, explain_oom, fp32, prefetch_loader, prepare_for_inference,
                              run_sharded, setup_precision, to_memory_format, use_channels_last)
+from misc.workpool import Background, counted
 from net import resnet50_irn
 
 
@@ -69,20 +70,42 @@ def _work(rank, indices, device, args):
     ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels, scales=(1.0,))
     model = load_edge_model(args, device)
     palette = voc_palette()
-    for pack in tqdm(prefetch_loader(ds, indices, args.num_workers, device), desc=f'make_sem_seg[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
-        name = pack['name']
-        cams = camio.load_cam(camio.cam_path(args.cam_dir, name))
-        size = tuple(int(v) for v in pack['size'])
-        if cams['cam'].shape[1:] != size:
-            raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from the image {size}')
-        with explain_oom(f'make_sem_seg, image {name} ({size[0]}x{size[1]}, {len(cams["keys"])} channels)',
-                         oom_advice(device), device), torch.inference_mode():
-            with autocast(args.amp, device):
-                edge, _ = model(to_memory_format(pack['img'][0].to(device, non_blocking=True),
-                                                 use_channels_last(args.channels_last, device)))
-            lab = pseudo_label(cams, edge, size, args)
-        camio.write_label(camio.label_path(args.sem_seg_palette_dir, name), lab, palette)
-        camio.write_label(camio.label_path(args.sem_seg_dir, name), lab)  # last: its presence marks completion
+    channels_last = use_channels_last(args.channels_last, device)
+    with Background(1, 'thread') as writer:  # the PNGs of image i are written while the network works on i+1
+        for pack in tqdm(counted(prefetch_loader(WithCams(ds, args.cam_dir), indices, args.num_workers, device)),
+                         total=len(indices), desc=f'make_sem_seg[{rank}]', position=rank, dynamic_ncols=True,
+                         mininterval=5):
+            name, size = pack['name'], tuple(int(v) for v in pack['size'])
+            cams = {k: v.numpy() for k, v in pack['cams'].items()}
+            with explain_oom(f'make_sem_seg, image {name} ({size[0]}x{size[1]}, {len(cams["keys"])} channels)',
+                             oom_advice(device), device), torch.inference_mode():
+                with autocast(args.amp, device):
+                    edge, _ = model(to_memory_format(pack['img'][0].to(device, non_blocking=True), channels_last))
+                lab = pseudo_label(cams, edge, size, args)
+            writer.submit(write_masks, args, name, lab, palette)
+
+
+class WithCams(torch.utils.data.Dataset):
+    """The image dataset's items with their CAM arrays, read by the loader workers ahead of the network."""
+
+    def __init__(self, ds, cam_dir):
+        self.ds, self.cam_dir = ds, cam_dir
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        pack = self.ds[i]
+        name, size = pack['name'], tuple(int(v) for v in pack['size'])
+        pack['cams'] = camio.load_cam(camio.cam_path(self.cam_dir, name))
+        if pack['cams']['cam'].shape[1:] != size:
+            raise BadInput(f'{name}: CAM size {pack["cams"]["cam"].shape[1:]} differs from the image {size}')
+        return pack
+
+
+def write_masks(args, name, lab, palette):
+    camio.write_label(camio.label_path(args.sem_seg_palette_dir, name), lab, palette)
+    camio.write_label(camio.label_path(args.sem_seg_dir, name), lab)  # last: its presence marks completion
 
 
 def run(args):

@@ -137,6 +137,7 @@ OURS = {
     'deterministic': 'cuDNN determinism', 'amp': "precision; the default 'none' is the authors' float32",
     'channels_last': 'memory layout', 'log': 'run.log', 'tensorboard': 'curves', 'traceback': 'error display',
     'check_data': 'a check before the steps',
+    'ir_crf_workers': 'CRF processes (no effect on results)', 'seg_crf_workers': 'CRF processes (no effect on results)',
     'sfc_micro_batch': 'exact micro-batches: the same gradients with less memory',
     'irn_micro_batch': 'exact micro-batches', 'seg_micro_batch': 'exact micro-batches',
     'sfc_ckpt_freq': 'resume checkpoints', 'irn_ckpt_freq': 'resume checkpoints', 'seg_ckpt_freq': 'resume checkpoints',

@@ -434,3 +434,37 @@ def test_predict_logits_averages_scales_and_flip_by_hand():
     # both: 2 scales x (image, flip) = 4 logits averaged
     out = make_seg.predict_logits(_SizeProbe(), img, size, scales=(1.0, 0.5), flip=True)
     np.testing.assert_allclose(out[2].numpy(), np.full(size, 4 + (30 + 30 + 15 + 15) / 4), rtol=1e-6)
+
+
+def test_make_seg_crf_pool_gives_the_same_files_and_a_killed_run_only_complete_ones(tiny_voc, tmp_path):
+    """The CRF in 2 worker processes beside the network writes the same bytes as inline (1 worker); a run killed
+    (SIGKILL) after its 3rd image leaves only complete predictions, and its re-run completes the rest identically."""
+    import subprocess
+    import sys
+    from misc.workpool import KILL_ENV
+    torch.manual_seed(0)
+    ck = str(tmp_path / 'deeplab.pth')
+    model = deeplab.build(21, 50, 8, '1x1')
+    torch.save({'net': model.state_dict(), 'meta': deeplab.checkpoint_meta(model, 'caffe')}, ck)
+    works = {k: str(tmp_path / k) for k in ('inline', 'pool', 'killed')}
+    for k in ('inline', 'pool'):
+        run_sample.main(seg_args(tiny_voc, works[k], '--make_seg_pass', 'True', '--seg_weights', ck,
+                                 '--seg_crf_workers', '1' if k == 'inline' else '2'))
+    argv = seg_args(tiny_voc, works['killed'], '--make_seg_pass', 'True', '--seg_weights', ck, '--seg_crf_workers', '2')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, 'run_sample.py'), *argv], cwd=root, capture_output=True,
+                         text=True, env=dict(os.environ, **{KILL_ENV: '3'}))
+    assert out.returncode == -9, out.stderr[-2000:]
+    left = sorted(os.listdir(os.path.join(works['killed'], 'seg')))
+    assert len(left) <= 3 and all(f.endswith('.png') and not f.startswith('.') for f in left)
+    for f in left:  # complete files only (temporary names are dot-files and never read)
+        assert open(os.path.join(works['killed'], 'seg', f), 'rb').read() == \
+            open(os.path.join(works['inline'], 'seg', f), 'rb').read()
+    res = run_sample.main(argv)
+    assert res['make_seg']['computed'] == 6 - len(left)
+    names = open(os.path.join(tiny_voc['meta'], 'val.txt')).read().split()
+    for d in ('seg', 'seg_palette', 'seg_nocrf'):
+        for n in names:
+            ref = open(os.path.join(works['inline'], d, n + '.png'), 'rb').read()
+            for k in ('pool', 'killed'):
+                assert open(os.path.join(works[k], d, n + '.png'), 'rb').read() == ref, (k, d, n)

@@ -78,3 +78,20 @@ def test_damaged_resume_file_says_how_to_start_over(tiny_voc, tmp_path, damage):
         match = r'resume file .*sfc_resume\.pth lacks optimizer, step, max_step.*rm '
     with pytest.raises(errors.BadInput, match=match):
         run_sample.main(base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--sfc_select_on_gt', 'False'))
+
+
+def test_errors_from_loader_workers_keep_one_line():
+    """An input error raised inside a DataLoader worker reaches the main process with the worker's traceback in its
+    text; the one-line form keeps only the message."""
+    import torch
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise errors.BadInput('image x.jpg cannot be decoded; replace it')
+    with pytest.raises(errors.BadInput) as e:
+        list(torch.utils.data.DataLoader(Broken(), batch_size=None, num_workers=1))
+    assert 'Original Traceback' in str(e.value)
+    assert errors.one_line(e.value) == 'error: image x.jpg cannot be decoded; replace it'
