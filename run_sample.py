@@ -15,6 +15,7 @@ import time
 from misc import camio, distributed
 from misc.errors import BadInput
 from misc.pyutils import Tee, format_seconds, format_table, str2bool
+from misc.torchutils import environment_line, settings_line
 
 STEPS = ('train_sfc', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg',
          'train_seg', 'make_seg', 'eval_seg')
@@ -416,6 +417,8 @@ def main(argv=None):
             camio.save_json(os.path.join(args.work_dir, 'args.json'), vars(args))
         print(f'work dir {args.work_dir}, device {args.device}, steps: {", ".join(steps) or "none"}'
               + (f'; {distributed.world()} processes' if distributed.world() > 1 else ''))
+        print(environment_line(args.device))
+        print(settings_line(args))
         if args.check_data and steps:
             quick_check(args, steps)
         for s in steps:

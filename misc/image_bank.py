@@ -18,17 +18,17 @@ class ImageBank:
         self.label = torch.zeros(n_classes, n_classes, device=device)
 
     def update(self, img, mask, label):
-        """Rows in order; for every class a later row containing it overwrites an earlier one."""
+        """Rows in order; for every class a later row containing it overwrites an earlier one. Computed without a
+        host sync (no data-dependent shapes): every slot gathers the row that fills it, and keeps its old contents
+        where no row of the batch has its class."""
         present = label > 0  # (B, n)
-        if not bool(present.any()):
-            return
         rows = torch.arange(1, label.shape[0] + 1, device=label.device)[:, None] * present  # 1-based, 0 = absent
         last = rows.max(dim=0).values  # (n,)
-        cls = torch.nonzero(last > 0).flatten()
-        src = last[cls] - 1
-        self.img[cls] = img[src].to(self.img.dtype)
-        self.mask[cls] = mask[src].to(torch.uint8)
-        self.label[cls] = label[src].to(self.label.dtype)
+        filled = last > 0
+        src = (last - 1).clamp_min(0)
+        self.img.copy_(torch.where(filled.view(-1, 1, 1, 1), img[src].to(self.img.dtype), self.img))
+        self.mask.copy_(torch.where(filled.view(-1, 1, 1), mask[src].to(torch.uint8), self.mask))
+        self.label.copy_(torch.where(filled.view(-1, 1), label[src].to(self.label.dtype), self.label))
 
     def sample(self, k, generator):
         """k slot indices, uniform over classes with replacement (the authors' random.randint(0, 19) x 4)."""

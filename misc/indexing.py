@@ -6,6 +6,7 @@ propagation steps x <- x T (T has at most 69 non-zeros per column: the radius-5 
 the pixel itself), so memory is O(n) and time O(256 n). `random_walk_dense` keeps the authors'
 formulation for the tests.
 """
+import functools
 import warnings
 
 import numpy as np
@@ -107,12 +108,28 @@ def path_affinity(edge, path_indices):
     return torch.cat([1 - _PathMax.apply(edge, ind) for ind in path_indices], dim=1)
 
 
+@functools.lru_cache(maxsize=8)
+def _padded_grid(h, w, radius, device):
+    """The PathIndex of the padded (h + r, w + 2r) grid of propagate_to_edge, its index arrays on the device, and
+    the sources / destinations as real pixel indices (-1 on the padding). Cached for the 8 latest map sizes (most
+    images of a dataset share a few sizes; a 500x375 image's arrays take ~13 MB): the arrays cross to the device
+    once per size, not once per image."""
+    path_index = PathIndex(radius, (h + radius, w + 2 * radius))
+    dev = torch.device(device)
+    inds = [torch.from_numpy(p).to(dev) for p in path_index.path_indices]
+    hp, wp = h + radius, w + 2 * radius
+    real = torch.full((hp * wp,), -1, dtype=torch.long, device=dev)  # padded flat index -> real pixel index
+    real.view(hp, wp)[:h, radius:radius + w] = torch.arange(h * w, device=dev).view(h, w)
+    src = real[torch.from_numpy(path_index.src_indices).to(dev)]
+    dst = real[torch.from_numpy(path_index.dst_indices).to(dev)]
+    return path_index, inds, src, dst
+
+
 def _walk_setup(edge, radius):
     """The padded grid, its PathIndex and the per-(direction, source) affinities of propagate_to_edge."""
     h, w = edge.shape[-2:]
-    path_index = PathIndex(radius, (h + radius, w + 2 * radius))
+    path_index, inds, _, _ = _padded_grid(int(h), int(w), int(radius), str(edge.device))
     edge_padded = F.pad(edge.reshape(1, 1, h, w), (radius, radius, 0, radius), mode='constant', value=1.0)
-    inds = [torch.from_numpy(p).to(edge.device) for p in path_index.path_indices]
     aff = path_affinity(edge_padded, inds)[0]  # (n_dirs, n_src)
     return path_index, aff
 
@@ -122,13 +139,9 @@ def transition_matrix_sparse(edge, radius=5, beta=10):
     A_ij = 1 - max edge on the path between pixels i and j within the radius, A_ii = 1 (SPEC B8.3)."""
     h, w = edge.shape[-2:]
     dev = edge.device
-    path_index, aff = _walk_setup(edge, radius)
-    hp, wp = h + radius, w + 2 * radius
-    # padded flat index -> real pixel index (-1 on the padding)
-    real = torch.full((hp * wp,), -1, dtype=torch.long, device=dev)
-    real.view(hp, wp)[:h, radius:radius + w] = torch.arange(h * w, device=dev).view(h, w)
-    src = real[torch.from_numpy(path_index.src_indices).to(dev)].expand(aff.shape[0], -1)
-    dst = real[torch.from_numpy(path_index.dst_indices).to(dev)]
+    _, aff = _walk_setup(edge, radius)
+    _, _, src, dst = _padded_grid(int(h), int(w), int(radius), str(dev))
+    src = src.expand(aff.shape[0], -1)
     keep = (src >= 0) & (dst >= 0)
     s, d, a = src[keep], dst[keep], aff[keep].pow(beta)
     n = h * w

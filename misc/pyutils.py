@@ -20,18 +20,20 @@ def str2bool(v):
 
 
 class AverageMeter:
-    """Running means of named scalars; pop() returns and resets one."""
+    """Running means of named scalars; pop() returns and resets one. Values may be device tensors: they are summed
+    where they are and read (one host sync) only when a mean is asked for."""
 
     def __init__(self):
         self._sum, self._cnt = {}, {}
 
     def add(self, values):
         for k, v in values.items():
-            self._sum[k] = self._sum.get(k, 0.0) + float(v)
+            v = v.detach() if hasattr(v, 'detach') else float(v)
+            self._sum[k] = self._sum.get(k, 0.0) + v
             self._cnt[k] = self._cnt.get(k, 0) + 1
 
     def get(self, key):
-        return self._sum[key] / max(1, self._cnt[key])
+        return float(self._sum[key]) / max(1, self._cnt[key])
 
     def pop(self, key):
         v = self.get(key)
@@ -92,10 +94,11 @@ def format_table(header, rows, floatfmt='{:.4f}'):
 
 
 class ScalarLog:
-    """Training curves: every add() appends one JSON line {"step", name: value...} to `path` and, with
-    tb_dir, writes the same scalars as TensorBoard events (needs the optional `tensorboard` package).
-    Opening at start_step > 0 (a resumed run) first drops the lines of steps after it, so a resumed
-    run's log reads as if the run had never stopped."""
+    """Training curves: one JSON line {"step", name: value...} per add() in `path` and, with tb_dir, the same
+    scalars as TensorBoard events (needs the optional `tensorboard` package). Values may be device tensors: lines
+    are kept until flush() (at the training loop's progress lines and before every resume checkpoint), which reads
+    them all with one host sync. Opening at start_step > 0 (a resumed run) first drops the lines of steps after
+    it, so a resumed run's log reads as if the run had never stopped."""
 
     def __init__(self, path, start_step=0, tb_dir=None, enabled=True):
         self.path, self.enabled = path, enabled
@@ -118,6 +121,7 @@ class ScalarLog:
                 f.writelines(kept)
         atomic_write(path, write)
         self._file = open(path, 'a', encoding='utf-8')
+        self._pending = []
         self._tb = None
         if tb_dir:
             try:
@@ -130,16 +134,30 @@ class ScalarLog:
     def add(self, step, **values):
         if not self.enabled:
             return
-        values = {k: float(v) for k, v in values.items()}
-        self._file.write(json.dumps({'step': int(step), **values}) + '\n')
+        self._pending.append((int(step), {k: v.detach() if hasattr(v, 'detach') else float(v)
+                                          for k, v in values.items()}))
+
+    def flush(self):
+        """Write the lines kept since the last flush (device values read together: one sync)."""
+        if not self.enabled or not self._pending:
+            return
+        import torch
+        tensors = [v for _, vals in self._pending for v in vals.values() if torch.is_tensor(v)]
+        dev = tensors[0].device if tensors else None
+        read = iter(torch.stack([t.double().reshape(()).to(dev) for t in tensors]).tolist() if tensors else [])
+        for step, vals in self._pending:
+            vals = {k: next(read) if torch.is_tensor(v) else v for k, v in vals.items()}
+            self._file.write(json.dumps({'step': step, **vals}) + '\n')
+            if self._tb is not None:
+                for k, v in vals.items():
+                    self._tb.add_scalar(k, v, step)
         self._file.flush()
-        if self._tb is not None:
-            for k, v in values.items():
-                self._tb.add_scalar(k, v, int(step))
+        self._pending = []
 
     def close(self):
         if not self.enabled:
             return
+        self.flush()
         self._file.close()
         if self._tb is not None:
             self._tb.close()

@@ -255,3 +255,45 @@ def explain_oom(where, advice, device=None):
             torch.cuda.empty_cache()
         on = f' on {dev}' if dev is not None else ''
         raise OutOfMemory(f'{where}: out of memory{on} ({first}). {advice}') from None
+
+
+# --- what a run runs on ---------------------------------------------------------------------------------------------
+def environment(device='cpu'):
+    """Versions and hardware: torch, CUDA, cuDNN, the GPU (name, compute capability, bf16), the cores, pydensecrf."""
+    from misc import distributed
+    info = {'python': '.'.join(map(str, __import__('sys').version_info[:3])), 'torch': torch.__version__,
+            'cuda': torch.version.cuda, 'cudnn': torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+            'device': str(device), 'usable_cores': distributed.usable_cores(), 'cpu_share': distributed.cpu_share()}
+    if torch.device(device).type == 'cuda' and torch.cuda.is_available():
+        d = torch.device(device)
+        info.update(gpu=torch.cuda.get_device_name(d), capability='.'.join(map(str, torch.cuda.get_device_capability(d))),
+                    bf16=torch.cuda.is_bf16_supported(), gpu_memory_gb=round(
+                        torch.cuda.get_device_properties(d).total_memory / 2 ** 30, 1),
+                    gpus_visible=torch.cuda.device_count())
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+        info['pydensecrf'] = True
+    except ImportError:
+        info['pydensecrf'] = False
+    return info
+
+
+def environment_line(device='cpu'):
+    e = environment(device)
+    gpu = (f"; GPU {e['gpu']} (capability {e['capability']}, {e['gpu_memory_gb']} GB, bf16 "
+           f"{'yes' if e['bf16'] else 'no'}, {e['gpus_visible']} visible)" if 'gpu' in e else '')
+    return (f"environment: Python {e['python']}, torch {e['torch']}, CUDA {e['cuda'] or '-'}, cuDNN {e['cudnn'] or '-'}, "
+            f"device {e['device']}{gpu}; {e['usable_cores']} usable CPU cores ({e['cpu_share']} for this process); "
+            f"pydensecrf {'yes' if e['pydensecrf'] else 'NOT importable'}")
+
+
+def settings_line(args):
+    """The precision and layout settings a run resolved, and its worker counts."""
+    cuda = torch.device(args.device).type == 'cuda'
+    conv = {'none': 'IEEE float32', 'tf32': 'TF32 convolutions (float32 tensors)', 'bf16': 'bf16 autocast',
+            'fp16': 'fp16 autocast with loss scaling'}[args.amp]
+    return (f'settings: --amp {args.amp} ({conv}; the marked parts in IEEE float32), channels-last '
+            f'{"on" if use_channels_last(args.channels_last, args.device) else "off"}, cudnn.benchmark '
+            f'{"on for the fixed-size training crops" if cuda and not args.deterministic else "off"}'
+            f'{", deterministic" if args.deterministic else ""}; workers: loader {args.num_workers}, CRF '
+            f'{args.ir_crf_workers} (IR labels) / {args.seg_crf_workers} (make_seg)')

@@ -117,17 +117,67 @@ def load_resume_state(path, max_step, required=('net', 'optimizer', 'step', 'max
     return state
 
 
-def resume_writer(path, model, optimizer, max_step):
-    """save(step, **extra) of a training step's resume state (model, optimizer, step, max_step and the step's own
-    extras). The state is the same on every rank; rank 0 writes it."""
+def resume_writer(path, model, optimizer, max_step, scaler=None, before=()):
+    """save(step, **extra) of a training step's resume state (model, optimizer, step, max_step, the fp16 loss
+    scaler's state when it is on, and the step's own extras), after calling each of `before` (the checks and curve
+    flushes that must precede a checkpoint). The state is the same on every rank; rank 0 writes it."""
     from misc import camio, distributed
     main = distributed.is_main()
 
     def save(step, **extra):
+        for f in before:
+            f()
+        if scaler is not None and scaler.is_enabled():
+            extra['scaler'] = scaler.state_dict()
         if main:
             camio.save_checkpoint({'net': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
                                    'max_step': max_step, **extra}, path)
     return save
+
+
+def load_scaler(scaler, state, path):
+    """The fp16 loss scaler continues from the resume state (a resumed run scales as the uninterrupted one did)."""
+    if not scaler.is_enabled():
+        return
+    if 'scaler' not in state:
+        print(f'  note: {path} holds no loss-scaler state (written without --amp fp16): the scale starts afresh')
+        return
+    scaler.load_state_dict(state['scaler'])
+
+
+class FiniteGuard:
+    """Non-finite losses found without a host sync per step: each step's finiteness stays on the device until
+    check() (at the progress lines, before every resume checkpoint and at the end), which raises Diverged naming
+    the first such step. The resume file is never written after a non-finite step."""
+
+    def __init__(self, what, resume_path, advice):
+        self.what, self.resume_path, self.advice = what, resume_path, advice
+        self.flags = []
+
+    def add(self, step, loss):
+        self.flags.append((step, torch.isfinite(loss.detach()).all()))
+
+    def check(self):
+        if not self.flags:
+            return
+        ok = torch.stack([f for _, f in self.flags]).tolist()
+        bad = [s for (s, _), o in zip(self.flags, ok) if not o]
+        self.flags = []
+        if bad:
+            from misc.errors import Diverged
+            raise Diverged(f'{self.what}: non-finite loss at step {bad[0]}; the last good state stays in '
+                           f'{self.resume_path}. {self.advice}')
+
+
+def peak_memory_gb(device, reset=False):
+    """Peak GPU memory allocated on a CUDA device since the last reset (GB; None on the CPU). A host-side read of
+    the allocator's counters: no device sync."""
+    if torch.device(device).type != 'cuda':
+        return None
+    gb = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return gb
 
 
 def curve_log(args, name, start_step):
@@ -139,16 +189,17 @@ def curve_log(args, name, start_step):
                      enabled=distributed.is_main())
 
 
-def progress_line(label, step, max_step, start, t0, meter, losses, lr, images_per_step):
+def progress_line(label, step, max_step, start, t0, meter, losses, lr, images_per_step, peak_gb=None):
     """One progress line: the losses' running means (popped from meter), lr, images/s, the data wait against the
-    step time, the ETA."""
+    step time, the peak GPU memory so far (on CUDA), the ETA."""
     from misc.pyutils import format_seconds
     rate = (step - start) / max(time.time() - t0, 1e-9)
     wait, took = meter.pop('wait'), meter.pop('took')
     terms = '  '.join(f'{shown} {meter.pop(key):.4f}' for key, shown in losses)
     eta = format_seconds((max_step - step) / max(rate, 1e-9))
+    mem = f'  peak GPU memory {peak_gb:.2f} GB' if peak_gb is not None else ''
     return (f'{label} {step - 1:5d}/{max_step}  {terms}  lr {lr:.4g}  {rate * images_per_step:.1f} img/s  '
-            f'data wait {1000 * wait:.0f} ms of {1000 * took:.0f} ms  ETA {eta}')
+            f'data wait {1000 * wait:.0f} ms of {1000 * took:.0f} ms{mem}  ETA {eta}')
 
 
 def training_device(args):

@@ -46,10 +46,11 @@ def output_loss(logit, labels, den, kind):
     whole batch). Balanced: groups without any pixel in the whole batch are left out of the mean (CLIMS would
     give NaN there); no pixel at all gives 0."""
     ce = F.cross_entropy(logit, labels, ignore_index=IGNORE, reduction='none')  # 0 at ignored pixels
+    # empty groups contribute 0 / 1 and are left out of the mean, computed on the device (no host sync): where a
+    # count is 0 its sum is 0 too, and elsewhere clamp_min(1) leaves the count as it is
     if kind == 'ce':
-        return ce.sum() / den[0] if den[0] > 0 else ce.sum() * 0
+        return ce.sum() / den[0].clamp_min(1)
     groups = [(labels == 0, den[0]), ((labels != 0) & (labels != IGNORE), den[1])]
-    terms = [(ce * m).sum() / d for m, d in groups if d > 0]
-    if not terms:
-        return ce.sum() * 0
-    return sum(terms) / len(terms)
+    terms = [(ce * m).sum() / d.clamp_min(1) for m, d in groups]
+    present = (den > 0).to(terms[0].dtype)
+    return (terms[0] * present[0] + terms[1] * present[1]) / present.sum().clamp_min(1)

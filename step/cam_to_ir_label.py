@@ -64,7 +64,9 @@ def run(args):
     print(f'  {len(ds)} images in {args.infer_list}; {len(ds) - len(names)} already done, {len(names)} to do; '
           f'F = cam + {args.ir_proto_weight} proto_cam, bg x{args.ir_bg_factor}, CRF t={args.ir_crf_iters}')
     jobs = [(n, ds.image_path(n), args) for n in distributed.shard(names)]
-    with Background(min(args.ir_crf_workers, len(jobs)), 'process', ahead=4) as pool:
+    # a pool pays its workers' start (a second or two each): worth it from a few images per worker on
+    workers = args.ir_crf_workers if len(jobs) >= 4 * args.ir_crf_workers else 1
+    with Background(workers, 'process', ahead=4) as pool:
         for job in tqdm(counted(jobs), total=len(jobs), desc='cam_to_ir_label', dynamic_ncols=True, mininterval=5):
             pool.submit(_one, job)
     return {'n_images': len(ds), 'computed': len(names)}

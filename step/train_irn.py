@@ -16,12 +16,12 @@ from tqdm import tqdm
 
 from misc import camio, distributed, imutils
 from misc.dataset import get_dataset, num_classes
-from misc.errors import Diverged
 from misc.indexing import PathIndex
 from misc.pyutils import AverageMeter
 from misc.torchutils import PolyOptimizer, autocast, explain_oom, grad_scaler, to_memory_format, use_channels_last
-from misc.trainutils import (DataWait, apply_update, curve_log, epoch_order, load_resume_state, progress_line,
-                             resume_writer, schedule, step_loader, training_device)
+from misc.trainutils import (DataWait, FiniteGuard, apply_update, curve_log, epoch_order, load_resume_state,
+                             load_scaler, peak_memory_gb, progress_line, resume_writer, schedule, step_loader,
+                             training_device)
 from net import resnet50 as resnet
 from net import resnet50_irn
 
@@ -60,11 +60,13 @@ def run(args):
                               lr=args.irn_lr, weight_decay=args.irn_weight_decay, max_step=max_step,
                               momentum=args.irn_momentum, power=args.irn_poly_power)
     resume_path = os.path.join(args.ckpt_dir, camio.IRN_RESUME)
+    scaler = grad_scaler(args.amp, device)
     step = 0
     if args.irn_resume and os.path.isfile(resume_path):
         state = load_resume_state(resume_path, max_step)
         resnet50_irn.load_irn_weights(model, state['net'], resume_path)
         optimizer.load_state_dict(state['optimizer'])
+        load_scaler(scaler, state, resume_path)
         step = int(state['step'])
         print(f'  resumed from {resume_path} at step {step}/{max_step}')
     elif args.backbone_weights == 'none' and args.irn_calibrate_bn:
@@ -73,11 +75,12 @@ def run(args):
         print(f'  random initialisation: calibrated {resnet.calibrate(model.resnet50, img)} BatchNorm layers '
               f'on {len(order)} training crops')
 
-    save_state = resume_writer(resume_path, model, optimizer, max_step)
     scalars = curve_log(args, 'train_irn', step)
+    guard = FiniteGuard('train_irn', resume_path, 'Lower --irn_lr.')
+    save_state = resume_writer(resume_path, model, optimizer, max_step, scaler, before=(guard.check, scalars.flush))
     try:
         step = train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max_step, save_state,
-                          resume_path, scalars, device)
+                          resume_path, scalars, guard, scaler, device)
     finally:
         scalars.close()
     if not distributed.is_main():
@@ -91,7 +94,7 @@ def run(args):
 
 
 def train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max_step, save_state, resume_path,
-               scalars, device):
+               scalars, guard, scaler, device):
     """Steps step..max_step (SPEC B7.3); returns the last step."""
     B, crop, n_cls = args.irn_batch_size, args.irn_crop_size, num_classes(args)
     rank, world = distributed.rank(), distributed.world()
@@ -100,8 +103,7 @@ def train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max
     model.train()
     mb = args.irn_micro_batch if args.irn_micro_batch > 0 else B
     meter = AverageMeter()
-    t0, start = time.time(), step
-    scaler = grad_scaler(args.amp, device)
+    t0, start, run_peak = time.time(), step, None
     channels_last = use_channels_last(args.channels_last, device)
     batches = DataWait(step_loader(ds, start, max_step, B, args.seed, args.num_workers, device, rank, world))
     pbar = tqdm(total=max_step, initial=step, desc='train_irn', dynamic_ncols=True, mininterval=5)
@@ -115,20 +117,23 @@ def train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max
             losses = accumulate_gradients(model, img, labels, inds, path_index, mb, optimizer, args.amp, scaler)
         distributed.sum_gradients(params)
         losses = {k: distributed.all_reduce_sum(v) for k, v in losses.items()}
-        if not torch.isfinite(losses['total']):
-            raise Diverged(f'train_irn: non-finite loss at step {step}; the last good state stays in '
-                           f'{resume_path}. Lower --irn_lr.')
+        guard.add(step, losses['total'])  # read at the next progress line or checkpoint: no sync here
         apply_update(optimizer, scaler, step)
         wait, took = batches.lap()
-        meter.add({**{k: losses[k].item() for k in ('pos', 'neg', 'dp_fg', 'dp_bg')}, 'wait': wait, 'took': took})
+        meter.add({**{k: losses[k] for k in ('pos', 'neg', 'dp_fg', 'dp_bg')}, 'wait': wait, 'took': took})
         step += 1
+        peak = peak_memory_gb(device, reset=True)
+        run_peak = peak if run_peak is None else max(run_peak, peak)
         scalars.add(step, **{f'loss/{k}': losses[k] for k in ('pos', 'neg', 'dp_fg', 'dp_bg')},
-                    lr=optimizer.param_groups[0]['lr'], **{'time/data_wait': wait, 'time/step': took})
+                    lr=optimizer.param_groups[0]['lr'], **{'time/data_wait': wait, 'time/step': took},
+                    **({'mem/peak_gb': peak} if peak is not None else {}))
         pbar.update(1)
         if (step - 1) % args.irn_print_freq == 0 or step == max_step:
+            guard.check()
+            scalars.flush()
             pbar.write(progress_line('step', step, max_step, start, t0, meter,
                                      [('pos', 'L_pos'), ('neg', 'L_neg'), ('dp_fg', 'L_dp_fg'), ('dp_bg', 'L_dp_bg')],
-                                     optimizer.param_groups[0]['lr'], B))
+                                     optimizer.param_groups[0]['lr'], B, run_peak))
         if step % args.irn_ckpt_freq == 0:
             save_state(step)
     pbar.close()

@@ -17,11 +17,12 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
-from misc.errors import BadInput, Diverged
+from misc.errors import BadInput
 from misc.pyutils import AverageMeter
 from misc.torchutils import PolyOptimizer, autocast, explain_oom, grad_scaler, to_memory_format, use_channels_last
-from misc.trainutils import (DataWait, apply_update, curve_log, epoch_order, load_resume_state, progress_line,
-                             resume_writer, schedule, step_loader, training_device)
+from misc.trainutils import (DataWait, FiniteGuard, apply_update, curve_log, epoch_order, load_resume_state,
+                             load_scaler, peak_memory_gb, progress_line, resume_writer, schedule, step_loader,
+                             training_device)
 from net import deeplab, seg_loss
 from net.resnet50 import calibrating_batchnorm
 
@@ -69,20 +70,24 @@ def optimizer_for(model, args, max_step):
                          power=args.seg_poly_power, decay_every=args.seg_lr_decay_every)
 
 
-def seg_step_gradients(model, img, label, kind, iter_size=1, micro_batch=0, amp='none', scaler=None):
+def seg_step_gradients(model, img, label, kind, iter_size=1, micro_batch=0, amp='none', scaler=None, labels=None):
     """Accumulate the gradients of one accumulation step: sum over the MSC outputs of the loss against the labels
     resized to each output, divided by iter_size, forward/backward in micro-batches with the whole step's pixel
-    counts as denominators (the same gradients as one pass). Under --amp the network runs in autocast and the
-    losses in float32 (`scaler` scales them for fp16). Returns the step's loss (detached)."""
+    counts as denominators (the same gradients as one pass). `labels`: the labels already resized to each output
+    (by the loader workers); else they are resized here. Under --amp the network runs in autocast and the losses
+    in float32 (`scaler` scales them for fp16). Returns the step's loss (detached)."""
     n = img.shape[0]
     mb = micro_batch if micro_batch > 0 else n
-    labels = dens = None
+    dens = None
     total = torch.zeros((), device=img.device)
     for i in range(0, n, mb):
         with autocast(amp, img.device):
             outs = model(img[i:i + mb])
-        if labels is None:  # all crops share a size, so the first micro-batch tells every output's size
-            labels = [seg_loss.resize_labels(label, o.shape[2:]) for o in outs]
+        if dens is None:  # all crops share a size, so the first micro-batch tells every output's size
+            if labels is None:
+                labels = [seg_loss.resize_labels(label, o.shape[2:]) for o in outs]
+            if [tuple(lab.shape[1:]) for lab in labels] != [tuple(o.shape[2:]) for o in outs]:
+                raise ValueError('labels resized to other sizes than the outputs')
             dens = [distributed.all_reduce_sum(seg_loss.denominators(lab, kind)) for lab in labels]  # all ranks
         loss = sum(seg_loss.output_loss(o, lab[i:i + mb], d, kind) for o, lab, d in zip(outs, labels, dens))
         loss = loss / iter_size
@@ -118,21 +123,25 @@ def run(args):
     model = to_memory_format(model.to(device), use_channels_last(args.channels_last, device))
     optimizer = optimizer_for(model, args, max_step)
     resume_path = os.path.join(args.ckpt_dir, camio.SEG_RESUME)
+    scaler = grad_scaler(args.amp, device)
     step = 0
     if args.seg_resume and os.path.isfile(resume_path):
         state = load_resume_state(resume_path, max_step)
         deeplab.load_weights(model, deeplab.to_model_keys(state['net'], resume_path)[0], resume_path)
         optimizer.load_state_dict(state['optimizer'])
+        load_scaler(scaler, state, resume_path)
         step = int(state['step'])
         print(f'  resumed from {resume_path} at update {step}/{max_step}')
     elif args.seg_init == 'none' and args.seg_calibrate_bn:
         calibrate(model, ds, device, max(B, 8), args.seed)
 
-    save_state = resume_writer(resume_path, model, optimizer, max_step)
+    ds.label_sizes = output_sizes(model, args.seg_crop_size, device)  # the loader workers resize the labels
     scalars = curve_log(args, 'train_seg', step)
+    guard = FiniteGuard('train_seg', resume_path, 'Lower --seg_lr, or use --seg_loss balanced with ImageNet init.')
+    save_state = resume_writer(resume_path, model, optimizer, max_step, scaler, before=(guard.check, scalars.flush))
     try:
         step = train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_path,
-                          scalars, device)
+                          scalars, guard, scaler, device)
     finally:
         scalars.close()
     out = os.path.join(args.ckpt_dir, camio.SEG_WEIGHTS)
@@ -143,15 +152,20 @@ def run(args):
     return {'steps': step, 'weights': out}
 
 
-def train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_path, scalars, device):
+def output_sizes(model, crop, device):
+    """The sizes of the network's training outputs (full, 0.5x, 0.75x, max) for a crop, from one forward pass."""
+    with torch.no_grad():
+        return [tuple(o.shape[2:]) for o in model(torch.zeros(1, 3, crop, crop, device=device))]
+
+
+def train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_path, scalars, guard, scaler, device):
     B, A = args.seg_batch_size, args.seg_iter_size
     rank, world = distributed.rank(), distributed.world()
     distributed.split_batch(B, '--seg_batch_size')
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     meter = AverageMeter()
-    t0, start = time.time(), step
-    scaler = grad_scaler(args.amp, device)
+    t0, start, run_peak = time.time(), step, None
     channels_last = use_channels_last(args.channels_last, device)
     batches = DataWait(step_loader(ds, start * A, max_step * A, B, args.seed, args.num_workers, device, rank, world))
     pbar = tqdm(total=max_step, initial=step, desc='train_seg', dynamic_ncols=True, mininterval=5)
@@ -161,27 +175,29 @@ def train_loop(args, model, optimizer, ds, step, max_step, save_state, resume_pa
         for _ in range(A):
             pack = batches.next()
             img = to_memory_format(pack['img'].to(device, non_blocking=True), channels_last)
-            label = pack['label'].to(device, non_blocking=True)
+            labels = [t.to(device, non_blocking=True).long() for t in pack['labels']]
             with explain_oom(f'train_seg, update {step} ({img.shape[0]} crops of {args.seg_crop_size})',
                              f'Lower --seg_micro_batch (now {args.seg_micro_batch or B}; the gradients do not '
                              f'change). Re-running resumes from {resume_path}.', device):
-                loss = loss + seg_step_gradients(model, img, label, args.seg_loss, A, args.seg_micro_batch, args.amp,
-                                                 scaler)
+                loss = loss + seg_step_gradients(model, img, None, args.seg_loss, A, args.seg_micro_batch, args.amp,
+                                                 scaler, labels)
         distributed.sum_gradients(params)
         loss = distributed.all_reduce_sum(loss)
-        if not torch.isfinite(loss):
-            raise Diverged(f'train_seg: non-finite loss at update {step}; the last good state stays in '
-                           f'{resume_path}. Lower --seg_lr, or use --seg_loss balanced with ImageNet init.')
+        guard.add(step, loss)  # read at the next progress line or checkpoint: no sync here
         apply_update(optimizer, scaler, step)
         wait, took = batches.lap()
         step += 1
-        meter.add({'loss': loss.item(), 'wait': wait, 'took': took})
+        meter.add({'loss': loss, 'wait': wait, 'took': took})
+        peak = peak_memory_gb(device, reset=True)
+        run_peak = peak if run_peak is None else max(run_peak, peak)
         scalars.add(step, **{'loss/seg': loss, 'lr': optimizer.param_groups[0]['lr'], 'time/data_wait': wait,
-                             'time/step': took})
+                             'time/step': took}, **({'mem/peak_gb': peak} if peak is not None else {}))
         pbar.update(1)
         if (step - 1) % args.seg_print_freq == 0 or step == max_step:
+            guard.check()
+            scalars.flush()
             pbar.write(progress_line('update', step, max_step, start, t0, meter, [('loss', 'loss')],
-                                     optimizer.param_groups[0]['lr'], A * B))
+                                     optimizer.param_groups[0]['lr'], A * B, run_peak))
         if step % args.seg_ckpt_freq == 0:
             save_state(step)
     pbar.close()

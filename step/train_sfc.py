@@ -22,13 +22,14 @@ from tqdm import tqdm
 
 from misc import camio, distributed
 from misc.dataset import get_dataset, num_classes
-from misc.errors import BadInput, Diverged
+from misc.errors import BadInput
 from misc.image_bank import ImageBank
 from misc.metrics import ConfusionMatrix
 from misc.pyutils import AverageMeter, format_table
 from misc.torchutils import PolyOptimizer, autocast, explain_oom, grad_scaler, to_memory_format, use_channels_last
-from misc.trainutils import (DataWait, apply_update, curve_log, epoch_order, load_resume_state, progress_line,
-                             resume_writer, schedule, step_loader, training_device)
+from misc.trainutils import (DataWait, FiniteGuard, apply_update, curve_log, epoch_order, load_resume_state,
+                             load_scaler, peak_memory_gb, progress_line, resume_writer, schedule, step_loader,
+                             training_device)
 from net import resnet50_sfc, sfc_loss
 from net import resnet50 as resnet
 
@@ -173,11 +174,13 @@ def run(args):
 
     ckpt = args.ckpt_dir
     resume_path = os.path.join(ckpt, camio.SFC_RESUME)
+    scaler = grad_scaler(args.amp, device)
     start, best = 0, {'score': -1.0, 'step': None}
     if args.sfc_resume and os.path.isfile(resume_path):
         state = load_resume_state(resume_path, max_step)
         resnet50_sfc.load_sfc_weights(model, state['net'], resume_path)
         optimizer.load_state_dict(state['optimizer'])
+        load_scaler(scaler, state, resume_path)
         if bank is not None:
             if state['bank'] is None:
                 raise BadInput(f'{resume_path} was written with --sfc_ibr False; resume with the same setting')
@@ -188,15 +191,16 @@ def run(args):
     elif args.backbone_weights == 'none' and args.sfc_calibrate_bn:
         calibrate(model, train_ds, device, args)
 
-    save = resume_writer(resume_path, model, optimizer, max_step)
+    scalars = curve_log(args, 'train_sfc', start)
+    guard = FiniteGuard('train_sfc', resume_path, 'Lower --sfc_lr.')
+    save = resume_writer(resume_path, model, optimizer, max_step, scaler, before=(guard.check, scalars.flush))
 
     def save_state(step, best):
         save(step, bank=bank.state_dict() if bank is not None else None, bank_rng=bank_gen.get_state(), best=best)
 
-    scalars = curve_log(args, 'train_sfc', start)
     try:
         step, best = train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, start, max_step,
-                                best, save_state, resume_path, scalars, device)
+                                best, save_state, resume_path, scalars, guard, scaler, device)
     finally:
         scalars.close()
     if not distributed.is_main():
@@ -213,7 +217,7 @@ def run(args):
 
 
 def train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, start, max_step, best, save_state,
-               resume_path, scalars, device):
+               resume_path, scalars, guard, scaler, device):
     """Steps start..max_step (SPEC B3.5); returns (last step, best-on-GT record)."""
     B, crop, ckpt = args.sfc_batch_size, args.sfc_crop_size, args.ckpt_dir
     rank, world, main = distributed.rank(), distributed.world(), distributed.is_main()
@@ -224,7 +228,7 @@ def train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, s
     meter = AverageMeter()
     t0 = time.time()
     s1, s2 = crop // 16, int(round(crop * args.sfc_half_scale)) // 16
-    scaler = grad_scaler(args.amp, device)
+    run_peak = None
     channels_last = use_channels_last(args.channels_last, device)
     batches = DataWait(step_loader(train_ds, start, max_step, B, args.seed, args.num_workers, device, rank, world))
     pbar = tqdm(total=max_step, initial=start, desc='train_sfc', dynamic_ncols=True, mininterval=5)
@@ -246,23 +250,25 @@ def train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, s
         distributed.sum_gradients(params)
         losses = {k: distributed.all_reduce_sum(v) for k, v in losses.items()}
         loss_cls, loss_pdw, loss_wdw = losses['cls'], losses['pdw'], losses['wdw']
-        if not torch.isfinite(loss_cls + loss_pdw + loss_wdw):
-            raise Diverged(
-                f'train_sfc: non-finite loss at step {step} (cls {loss_cls.item():.4g}, pdw {loss_pdw.item():.4g}, '
-                f'wdw {loss_wdw.item():.4g}); the last good state stays in {resume_path}. Lower --sfc_lr.')
+        guard.add(step, loss_cls + loss_pdw + loss_wdw)  # read at the next progress line or checkpoint: no sync here
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.sfc_grad_clip)
         apply_update(optimizer, scaler, step)
         wait, took = batches.lap()
-        meter.add({'cls': loss_cls.item(), 'pdw': loss_pdw.item(), 'wdw': loss_wdw.item(), 'wait': wait, 'took': took})
+        meter.add({'cls': loss_cls, 'pdw': loss_pdw, 'wdw': loss_wdw, 'wait': wait, 'took': took})
         step += 1
+        peak = peak_memory_gb(device, reset=True)
+        run_peak = peak if run_peak is None else max(run_peak, peak)
         scalars.add(step, **{'loss/cls': loss_cls, 'loss/pdw': loss_pdw, 'loss/wdw': loss_wdw,
-                             'lr': optimizer.param_groups[0]['lr'], 'time/data_wait': wait, 'time/step': took})
+                             'lr': optimizer.param_groups[0]['lr'], 'time/data_wait': wait, 'time/step': took},
+                    **({'mem/peak_gb': peak} if peak is not None else {}))
         pbar.update(1)
         if (step - 1) % args.sfc_print_freq == 0 or step == max_step:
+            guard.check()
+            scalars.flush()
             pbar.write(progress_line('step', step, max_step, start, t0, meter,
                                      [('cls', 'lossCLS'), ('pdw', 'L_PDW'), ('wdw', 'L_WDW')],
-                                     optimizer.param_groups[0]['lr'], B))
+                                     optimizer.param_groups[0]['lr'], B, run_peak))
         if val_ds is not None and main and (step - 1) % args.sfc_val_freq == 0 and step > args.sfc_val_min_step:
             scores = validate(model, val_ds, device, amp=args.amp)
             miou = {k: v['miou'] for k, v in scores.items()}

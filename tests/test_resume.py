@@ -111,3 +111,39 @@ def test_make_cam_resume_skips_done_and_redoes_truncated(tiny_voc, tmp_path, mon
         x, y = camio.load_cam(os.path.join(cam_dir, f)), camio.load_cam(os.path.join(ref, 'cam', f))
         for k in camio.CAM_KEYS:
             np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_fp16_resume_keeps_the_loss_scale(tiny_voc, tmp_path, monkeypatch):
+    """--amp fp16 (CPU autocast and the CPU loss scaler): the scaler starts far too high (2^40), so early steps
+    overflow, are skipped and halve the scale. The resume file keeps the scale, so a run killed after its step-4
+    checkpoint and resumed ends with the weights and scale of an uninterrupted run (restarting the scale at 2^40
+    would skip the resumed steps again)."""
+    from misc import torchutils
+    real = torch.amp.GradScaler
+
+    def high_scaler(amp, device):
+        return real(torch.device(device).type, init_scale=2.0 ** 40, enabled=amp == 'fp16')
+    monkeypatch.setattr(torchutils, 'grad_scaler', high_scaler)
+    import step.train_sfc as train_sfc
+    monkeypatch.setattr(train_sfc, 'grad_scaler', high_scaler)
+    common = ['--train_sfc_pass', 'True', '--sfc_ckpt_freq', '4', '--sfc_select_on_gt', 'False', '--sfc_num_epoches', '1',
+              '--amp', 'fp16']
+    full, part = str(tmp_path / 'full'), str(tmp_path / 'part')
+    run_sample.main(base_args(tiny_voc, full, *common))
+    from misc.trainutils import DataWait
+    real_next = DataWait.next
+
+    def dying_next(self):  # killed when asking for step 6's batch (skipped steps never reach the optimizer)
+        if self.count == 6:
+            raise Killed()
+        return real_next(self)
+    monkeypatch.setattr(DataWait, 'next', dying_next)
+    with pytest.raises(Killed):
+        run_sample.main(base_args(tiny_voc, part, *common))
+    monkeypatch.setattr(DataWait, 'next', real_next)
+    saved = torch.load(os.path.join(part, 'ckpt', camio.SFC_RESUME), weights_only=True)
+    assert saved['step'] == 4 and saved['scaler']['scale'] < 2.0 ** 40  # some steps overflowed and were skipped
+    run_sample.main(base_args(tiny_voc, part, *common))
+    states = [torch.load(os.path.join(w, 'ckpt', camio.SFC_RESUME), weights_only=True) for w in (full, part)]
+    assert states[0]['scaler'] == states[1]['scaler']
+    assert_same_weights(*(os.path.join(w, 'ckpt', camio.SFC_FINAL) for w in (full, part)))

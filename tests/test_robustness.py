@@ -123,7 +123,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_voc, tmp_path, mon
         return out * float('nan') if len(calls) > 3 else out  # one call per step with 2 + 2 images
     monkeypatch.setattr(sfc_loss, 'classification_loss', loss)
     work = str(tmp_path / 'w')
-    with pytest.raises(FloatingPointError, match=r'train_sfc: non-finite loss at step 3 .*sfc_resume\.pth.*--sfc_lr'):
+    with pytest.raises(FloatingPointError, match=r'train_sfc: non-finite loss at step 3\b.*sfc_resume\.pth.*--sfc_lr'):
         run_sample.main(base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--sfc_select_on_gt', 'False',
                                   '--sfc_ckpt_freq', '2'))
     state = torch.load(os.path.join(work, 'ckpt', camio.SFC_RESUME), weights_only=True)

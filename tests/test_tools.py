@@ -15,13 +15,30 @@ def test_benchmark_runs_every_stage(tmp_path):
     res = benchmark.main(['--stages', *benchmark.STAGES, '--width', '8', '--crop', '96', '--batch', '2', '--bank', '2',
                           '--irn_batch', '2', '--irn_micro_batch', '1', '--seg_batch', '2', '--seg_crop', '65',
                           '--seg_micro_batch', '1', '--width_px', '80', '--height', '60', '--scales', '1.0', '0.5',
-                          '--repeats', '1', '--threads', '1', '--json', str(out)])
-    assert len(res) == len(benchmark.STAGES)
+                          '--repeats', '1', '--threads', '1', '--crf_images', '2', '--crf_sizes', '60', '80', '--crf_workers', '1', '2',
+                          '--json', str(out)])
+    assert len(res) == len(benchmark.STAGES) + 1  # make_seg_crf with 1 and with 2 CRF processes
     stages = [r['stage'].split(' ')[0] for r in res]
     assert 'make_cam_unoptimised' in stages and stages.count('make_cam') == 1
+    assert [r['crf_workers'] for r in res if 'crf_workers' in r] == [1, 2]
     for r in res:
+        assert 'error' not in r, r
         assert r['seconds'] > 0 and r['images_per_s'] > 0 and r['peak_mb'] > 0 and r['amp'] == 'none'
     assert json.load(open(out)) == res
+
+
+def test_benchmark_reports_a_failing_stage_as_an_error_and_a_slow_one_as_a_timeout():
+    """A stage that raises is reported with its exit status and the end of its stderr (not as a timeout); a stage
+    past its time limit as a timeout; the other stages still run."""
+    res = benchmark.main(['--stages', 'train_irn_step', 'cam_to_ir_label', '--width', '7', '--width_px', '80',
+                          '--height', '60', '--threads', '1'])
+    failed, ok = res
+    assert failed['error'] == 'failed with exit status 1' and failed['exit_status'] == 1
+    assert 'must be a multiple of 8' in failed['stderr_tail'][-1] and 'time limit' not in failed['error']
+    assert 'error' not in ok and ok['seconds'] > 0
+    slow, = benchmark.main(['--stages', 'make_seg', '--width', '8', '--timeout', '0.5'])
+    assert slow['error'] == 'stopped at its time limit of 0 s' or slow['error'].startswith('stopped at its time limit')
+    assert slow['exit_status'] is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='on a machine with a GPU the check would run for minutes')

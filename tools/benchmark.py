@@ -26,7 +26,8 @@ sys.path.insert(0, ROOT)
 
 # --- measuring ---------------------------------------------------------------------------------------------------
 def _cuda(a):
-    return a.device == 'cuda'
+    import torch
+    return torch.device(a.device).type == 'cuda'  # under torchrun the device is cuda:<local rank>
 
 
 def _sync(a):
@@ -38,7 +39,7 @@ def _sync(a):
 def _peak_mb(a):
     import torch
     if _cuda(a):
-        return torch.cuda.max_memory_allocated() / 2 ** 20
+        return torch.cuda.max_memory_allocated(torch.device(a.device)) / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -78,11 +79,12 @@ def stage_train_step(a):
     import torch
     from misc import distributed
     from misc.image_bank import ImageBank
-    from misc.torchutils import PolyOptimizer, grad_scaler, to_memory_format
+    from misc.torchutils import PolyOptimizer, configure_cudnn, grad_scaler, to_memory_format
     from net import sfc_loss
     from net.resnet50_sfc import Net
     from step.train_sfc import sfc_step_gradients
     torch.manual_seed(0)
+    configure_cudnn(a.device, fixed_size=True)  # as train_sfc: cuDNN autotuning for the fixed-size crops
     n_cat, B, K, crop, dev = a.classes, a.batch, a.bank, a.crop, a.device
     model = to_memory_format(Net(n_cat + 1, backbone_width=a.width).to(dev), _layout(a))
     bb, new = model.trainable_parameters()
@@ -233,10 +235,11 @@ def stage_make_sem_seg(a):
 def stage_train_irn_step(a):
     import torch
     from misc.indexing import PathIndex
-    from misc.torchutils import PolyOptimizer, grad_scaler, to_memory_format
+    from misc.torchutils import PolyOptimizer, configure_cudnn, grad_scaler, to_memory_format
     from net import resnet50_irn
     from step.train_irn import accumulate_gradients, affinity_labels_torch
     torch.manual_seed(0)
+    configure_cudnn(a.device, fixed_size=True)
     crop, B, dev = a.crop, a.irn_batch, a.device
     model = to_memory_format(resnet50_irn.Net(a.width).to(dev).train(), _layout(a))
     e, d = model.trainable_parameters()
@@ -261,10 +264,11 @@ def stage_train_irn_step(a):
 
 def stage_train_seg_step(a):
     import torch
-    from misc.torchutils import grad_scaler, to_memory_format
+    from misc.torchutils import configure_cudnn, grad_scaler, to_memory_format
     from net import deeplab
     from step.train_seg import optimizer_for, seg_step_gradients
     torch.manual_seed(0)
+    configure_cudnn(a.device, fixed_size=True)
     B, crop, dev = a.seg_batch, a.seg_crop, a.device
     model = to_memory_format(deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').to(dev).train(), _layout(a))
     opt = optimizer_for(model, _method_args(), 30000)
@@ -308,10 +312,52 @@ def stage_make_seg(a):
                       f'on CPU, width {a.width})', s, 'per image', 1, crf_s=sum(crf[1:]) / max(1, len(crf) - 1))
 
 
+def stage_make_seg_crf(a):
+    """make_seg's CRF stage as it runs beside a GPU, where the network costs a fraction of the CRF: the real loop
+    (misc.workpool.Background with make_seg's own job: CRF, palette PNG, PNG) over --crf_images images of
+    --crf_sizes px (300-500) with given softmax maps, in --crf_workers processes (1 = inline). Images per second of
+    the whole loop."""
+    import tempfile
+
+    import numpy as np
+    from misc.workpool import Background
+    from step.make_seg import _crf_and_write
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(a.crf_images):
+        h, w = (int(v) for v in rng.integers(a.crf_sizes[0], a.crf_sizes[1] + 1, 2))
+        img = rng.integers(60, 200, (h, w, 3), dtype=np.uint8)
+        logits = rng.normal(size=(a.classes + 1, h // 8 + 1, w // 8 + 1)).astype(np.float32) * 3
+        up = np.repeat(np.repeat(logits, 8, 1), 8, 2)[:, :h, :w]
+        prob = np.exp(up - up.max(0))
+        items.append((img, (prob / prob.sum(0)).astype(np.float32)))
+    params = dict(t=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3)
+    with tempfile.TemporaryDirectory() as d, Background(a.crf_workers, 'process') as pool:
+        pool.submit(int, 0)  # the workers start before the clock does (a real run amortises their start)
+        pool.wait()
+
+        def once():
+            for i, (img, prob) in enumerate(items):
+                pool.submit(_crf_and_write, img, prob, params, os.path.join(d, f'p{i}.png'),
+                            os.path.join(d, f's{i}.png'))
+            pool.wait()
+        s = _timed(a, once)
+    return _result(a, f'make_seg CRF beside a GPU ({a.crf_images} images of {a.crf_sizes[0]}-{a.crf_sizes[1]} px, '
+                      f'{a.classes + 1} classes, '
+                      f'{a.crf_workers} CRF process{"es" if a.crf_workers > 1 else " (inline)"})', s,
+                   f'per {a.crf_images} images', a.crf_images, crf_workers=a.crf_workers)
+
+
 STAGES = {'train_step': stage_train_step, 'make_cam': stage_make_cam, 'make_cam_unoptimised': stage_make_cam_unoptimised,
           'cam_to_ir_label': stage_cam_to_ir_label, 'train_irn_step': stage_train_irn_step,
-          'make_sem_seg': stage_make_sem_seg, 'train_seg_step': stage_train_seg_step, 'make_seg': stage_make_seg}
-DEFAULT_STAGES = [s for s in STAGES if s != 'make_cam_unoptimised']
+          'make_sem_seg': stage_make_sem_seg, 'train_seg_step': stage_train_seg_step, 'make_seg': stage_make_seg,
+          'make_seg_crf': stage_make_seg_crf}
+DEFAULT_STAGES = [s for s in STAGES if s not in ('make_cam_unoptimised', 'make_seg_crf')]
+# seconds one run of a stage (a fresh process: start, model, warm-up and --repeats runs) may take on a GPU; on the
+# CPU there is no limit unless --timeout is given
+GPU_LIMITS = {'train_step': 90, 'make_cam': 60, 'make_cam_unoptimised': 90, 'cam_to_ir_label': 60,
+              'train_irn_step': 90, 'make_sem_seg': 60, 'train_seg_step': 120, 'make_seg': 90, 'make_seg_crf': 60}
+NO_NETWORK = ('cam_to_ir_label', 'make_seg_crf')  # CPU-only stages: measured once, not per precision
 
 
 def get_parser():
@@ -342,6 +388,12 @@ def get_parser():
     p.add_argument('--height', type=int, default=375)
     p.add_argument('--scales', type=float, nargs='+', default=[1.0, 0.5, 1.5, 2.0])
     p.add_argument('--repeats', type=int, default=1)
+    p.add_argument('--crf_images', type=int, default=12, help='make_seg_crf: images per timed run')
+    p.add_argument('--crf_sizes', type=int, nargs=2, default=[300, 500], help='make_seg_crf: image sides drawn from')
+    p.add_argument('--crf_workers', type=int, nargs='+', default=[1, 2], help='make_seg_crf: CRF processes to compare')
+    p.add_argument('--timeout', type=float, default=None,
+                   help='seconds per run of a stage (default: GPU_LIMITS on CUDA, none on the CPU); a run past it is '
+                        'reported as a timeout with what it printed')
     p.add_argument('--json', default=None, help='also write the results to this file')
     p.add_argument('--_child', default=None, help=argparse.SUPPRESS)
     return p
@@ -356,7 +408,7 @@ def main(argv=None):
         if a.threads:
             torch.set_num_threads(a.threads)
         a.device = distributed.init(a.device)
-        a.amp = a.amp[0]
+        a.amp, a.crf_workers = a.amp[0], a.crf_workers[0]
         from misc.torchutils import setup_precision
         setup_precision(a.amp, a.device)
         r = STAGES[a._child](a)
@@ -365,37 +417,55 @@ def main(argv=None):
         distributed.shutdown()
         return
     import torch
-    dev = torch.cuda.get_device_name(0) if a.device == 'cuda' else f'{os.cpu_count()} CPUs'
-    print(f'torch {torch.__version__}, {dev}, threads {a.threads or torch.get_num_threads()}, channels_last '
-          f'{a.channels_last}')
+    from misc.torchutils import environment_line
+    print(environment_line(a.device))
+    print(f'benchmark: threads {a.threads or torch.get_num_threads()}, channels_last {a.channels_last}, '
+          f'width {a.width}, repeats {a.repeats}')
     base = []
     for k, v in vars(a).items():  # every setting but the ones this loop varies
-        if k not in ('stages', 'amp', 'json', '_child', 'nproc'):
+        if k not in ('stages', 'amp', 'json', '_child', 'nproc', 'crf_workers', 'timeout'):
             base += [f'--{k}', *(map(str, v) if isinstance(v, list) else [str(v)])]
     results = []
-    runs = [(s, amp, n) for s in a.stages for amp in a.amp for n in (a.nproc if s == 'train_step' else [1])
-            if not (s == 'cam_to_ir_label' and amp != a.amp[0])]  # no network in the CRF stage
-    for s, amp, nproc in runs:
+    runs = [(s, amp, n, w) for s in a.stages for amp in (a.amp[:1] if s in NO_NETWORK else a.amp)
+            for n in (a.nproc if s == 'train_step' else [1]) for w in (a.crf_workers if s == 'make_seg_crf' else [1])]
+    for s, amp, nproc, workers in runs:
         launch = [sys.executable] if nproc == 1 else [sys.executable, '-m', 'torch.distributed.run', '--standalone',
                                                       '--nproc_per_node', str(nproc)]
-        out = subprocess.run([*launch, os.path.abspath(__file__), *base, '--_child', s, '--amp', amp],
-                             capture_output=True, text=True)
-        if out.returncode:
-            print(f'{s} ({amp}): failed\n{out.stderr[-2000:]}')
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        limit = a.timeout or (GPU_LIMITS[s] if a.device == 'cuda' else None)
+        r = run_stage([*launch, os.path.abspath(__file__), *base, '--_child', s, '--amp', amp,
+                       '--crf_workers', str(workers)], limit)
+        r.setdefault('stage', s)
         r['amp'] = amp
         results.append(r)
-        extra = f', image bank {r["bank_mb"]:.0f} MB' if 'bank_mb' in r else ''
-        extra += f' (random walks {r["walk_s"]:.2f} s)' if 'walk_s' in r else ''
-        extra += f' (CRF {r["crf_s"]:.2f} s = {100 * r["crf_s"] / r["seconds"]:.0f}%)' if 'crf_s' in r else ''
-        mem = 'peak GPU memory (allocated)' if a.device == 'cuda' else 'peak RSS'
-        print(f'{r["stage"]} [amp {amp}]: {r["seconds"]:.3f} s {r["unit"]}, {r["images_per_s"]:.2f} images/s, '
-              f'{mem} {r["peak_mb"] / 1024:.2f} GB{extra}', flush=True)
+        if 'error' in r:
+            print(f'{s} ({amp}): {r["error"]}\n' + '\n'.join('    ' + line for line in r['stderr_tail']), flush=True)
+        else:
+            extra = f', image bank {r["bank_mb"]:.0f} MB' if 'bank_mb' in r else ''
+            extra += f' (random walks {r["walk_s"]:.2f} s)' if 'walk_s' in r else ''
+            extra += f' (CRF {r["crf_s"]:.2f} s = {100 * r["crf_s"] / r["seconds"]:.0f}%)' if 'crf_s' in r else ''
+            mem = 'peak GPU memory (allocated)' if a.device == 'cuda' else 'peak RSS'
+            print(f'{r["stage"]} [amp {amp}]: {r["seconds"]:.3f} s {r["unit"]}, {r["images_per_s"]:.2f} images/s, '
+                  f'{mem} {r["peak_mb"] / 1024:.2f} GB{extra}', flush=True)
         if a.json:  # after every stage, so that a run stopped by a time limit keeps what it measured
             with open(a.json, 'w') as f:
                 json.dump(results, f, indent=1)
     return results
+
+
+def run_stage(cmd, limit):
+    """One stage run in its own process: its result, or {'error': why, 'exit_status', 'stderr_tail'} where it failed
+    (a non-zero exit with the last lines it wrote to stderr) or passed its time limit (and what it wrote so far)."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors='replace') if isinstance(e.stderr, bytes) else (e.stderr or '')
+        return {'error': f'stopped at its time limit of {limit:.0f} s', 'exit_status': None,
+                'stderr_tail': err.strip().splitlines()[-15:]}
+    lines = out.stdout.strip().splitlines()
+    if out.returncode or not lines:
+        return {'error': f'failed with exit status {out.returncode}', 'exit_status': out.returncode,
+                'stderr_tail': out.stderr.strip().splitlines()[-15:]}
+    return json.loads(lines[-1])
 
 
 if __name__ == '__main__':

@@ -297,6 +297,7 @@ class SegmentationDataset(_Epoched, ImageDataset):
         self.hor_flip, self.input_norm = hor_flip, input_norm
         self.seed = int(seed)
         self.n_classes = self.layout.n_cat() + 1
+        self.label_sizes = None  # set by train_seg: the sizes of the network's outputs for this crop
         missing = [n for n in self.names if not os.path.isfile(self.label_path(n))]
         if missing:
             raise MissingInput(f'{len(missing)} ids of {img_name_list_path} have no pseudo mask in {label_dir} '
@@ -350,8 +351,11 @@ class SegmentationDataset(_Epoched, ImageDataset):
         x, label = xp[top:top + c, left:left + c], lp[top:top + c, left:left + c]
         if self.hor_flip and rng.random() < 0.5:
             x, label = x[:, ::-1], label[:, ::-1]
-        return {'name': name, 'img': np.ascontiguousarray(x.transpose(2, 0, 1)),
-                'label': np.ascontiguousarray(label)}
+        label = np.ascontiguousarray(label)
+        out = {'name': name, 'img': np.ascontiguousarray(x.transpose(2, 0, 1)), 'label': label}
+        if self.label_sizes:  # the labels at each output size of the network, resized here (PIL nearest)
+            out['labels'] = [imutils.pil_resize(label, size, 0) for size in self.label_sizes]
+        return out
 
 
 class SegInferDataset(ImageDataset):
