@@ -45,7 +45,14 @@ SEG_MICRO_BATCH=${SEG_MICRO_BATCH:-5}
 VIS_IMAGES=${VIS_IMAGES:-16}  # first N images of the evaluation list, drawn into $WORK_DIR/vis/; 0 = none
 
 META=$WORK_DIR/meta
+PLAN=False   # bash run_coco.sh --plan True: what each step would cost, measured here; nothing is run or written
+case " $* " in *" --plan True "*) PLAN=True ;; esac
 if [ ! -f "$META/cls_labels.npz" ]; then
+  if [ "$PLAN" = True ]; then
+    echo "the plan counts the images of $META/train2014.txt: build the lists first (they also write the GT PNGs):" >&2
+    echo "  $PY -m coco14.make_cls_labels --coco14_root $COCO14_ROOT --out_dir $META" >&2
+    exit 2
+  fi
   "$PY" -m coco14.make_cls_labels --coco14_root "$COCO14_ROOT" --out_dir "$META"
 fi
 TRAIN_LIST=$META/train2014.txt
@@ -70,6 +77,6 @@ sfc_run --dataset coco14 \
   "${REFINE[@]}" --eval_sem_seg_pass True --train_seg_pass True --make_seg_pass True --eval_seg_pass True \
   "$@"
 
-if [ "$VIS_IMAGES" -gt 0 ]; then
+if [ "$VIS_IMAGES" -gt 0 ] && [ "$PLAN" = False ]; then
   "$PY" -m misc.visualize --work_dir "$WORK_DIR" --list "$TRAIN_LIST" --max_images "$VIS_IMAGES"
 fi

@@ -71,6 +71,9 @@ def get_parser():
     a.add_argument('--traceback', default=False, type=str2bool,
                    help='show the full traceback of an input error (a missing file, a wrong flag) instead of its one '
                         'line; SFC_TRACEBACK=1 does the same')
+    a.add_argument('--plan', default=False, type=str2bool,
+                   help='print what the selected steps would cost (work, per-item time measured here by a short '
+                        'micro-benchmark, estimated wall time) and stop; writes nothing')
     a.add_argument('--check_data', default=True, type=str2bool,
                    help='before the steps, check that every listed image, label and needed GT mask exists '
                         '(python -m misc.check_data also decodes every file)')
@@ -302,7 +305,8 @@ def finalize_args(args):
     args.work_dir = os.path.abspath(args.work_dir)
     for k, v in camio.work_layout(args.work_dir).items():
         setattr(args, k, v)
-        os.makedirs(v, exist_ok=True)
+        if not args.plan:  # a plan writes nothing
+            os.makedirs(v, exist_ok=True)
     meta = args.meta_dir
     train, evaluate, seg_val = DEFAULT_LISTS[args.dataset]
     args.train_list = args.train_list or os.path.join(meta, train)
@@ -405,6 +409,11 @@ def main(argv=None):
     steps = [s for s in STEPS if getattr(args, f'{s}_pass')]
     results, timings = {}, []
     main_rank = distributed.is_main()
+    if args.plan:
+        from misc import plan
+        print(environment_line(args.device))
+        print(settings_line(args))
+        return {'plan': plan.run(args, steps)}
     log = Tee(os.path.join(args.work_dir, 'run.log')) if args.log and main_rank else None
     quiet = None if main_rank else contextlib.redirect_stdout(open(os.devnull, 'w'))  # rank 0 speaks for all
     if log:

@@ -76,8 +76,15 @@ VOC12_TEST_ROOT=${VOC12_TEST_ROOT:-}   # VOC2012 test devkit (JPEGImages/, Image
 VIS_IMAGES=${VIS_IMAGES:-16}  # first N images of the evaluation list, drawn into $WORK_DIR/vis/; 0 = none
 
 META=$WORK_DIR/meta
+PLAN=False   # bash run_voc.sh --plan True: what each step would cost, measured here; nothing is run or written
+case " $* " in *" --plan True "*) PLAN=True ;; esac
 if [ ! -f "$META/cls_labels.npz" ]; then
-  "$PY" -m voc12.make_cls_labels --voc12_root "$VOC12_ROOT" --out_dir "$META"
+  if [ "$PLAN" = True ]; then  # the lists the plan counts, built in a temporary folder
+    META=$(mktemp -d); trap 'rm -rf "$META"' EXIT
+    "$PY" -m voc12.make_cls_labels --voc12_root "$VOC12_ROOT" --out_dir "$META" > /dev/null
+  else
+    "$PY" -m voc12.make_cls_labels --voc12_root "$VOC12_ROOT" --out_dir "$META"
+  fi
 fi
 TRAIN_LIST=$META/train_aug.txt
 [ -f "$TRAIN_LIST" ] || { echo "no SegmentationClassAug/: training on VOC train only"; TRAIN_LIST=$META/train.txt; }
@@ -102,7 +109,7 @@ sfc_run \
   --seg_train_list "$TRAIN_LIST" --seg_infer_list "$META/val.txt" \
   --train_sfc_pass True --make_cam_pass True --eval_cam_pass True --cam_to_ir_label_pass True \
   --train_irn_pass True --make_sem_seg_pass True --eval_sem_seg_pass True \
-  --train_seg_pass True --make_seg_pass True --eval_seg_pass True \
+  --train_seg_pass True --make_seg_pass True --eval_seg_pass True --cls_labels "$META/cls_labels.npz" \
   "$@"
 
 if [ -n "$VOC12_TEST_ROOT" ]; then   # predictions on the VOC test set, in the evaluation server's layout
@@ -111,6 +118,6 @@ if [ -n "$VOC12_TEST_ROOT" ]; then   # predictions on the VOC test set, in the e
     --seg_export_voc_test True --make_seg_pass True "$@"
 fi
 
-if [ "$VIS_IMAGES" -gt 0 ]; then
+if [ "$VIS_IMAGES" -gt 0 ] && [ "$PLAN" = False ]; then
   "$PY" -m misc.visualize --work_dir "$WORK_DIR" --list "$META/train.txt" --max_images "$VIS_IMAGES"
 fi

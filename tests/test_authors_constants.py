@@ -136,7 +136,7 @@ OURS = {
     'device': 'where it runs', 'num_workers': 'loader processes (no effect on results)',
     'deterministic': 'cuDNN determinism', 'amp': "precision; the default 'none' is the authors' float32",
     'channels_last': 'memory layout', 'log': 'run.log', 'tensorboard': 'curves', 'traceback': 'error display',
-    'check_data': 'a check before the steps',
+    'check_data': 'a check before the steps', 'plan': 'a cost estimate instead of the run',
     'ir_crf_workers': 'CRF processes (no effect on results)', 'seg_crf_workers': 'CRF processes (no effect on results)',
     'sfc_micro_batch': 'exact micro-batches: the same gradients with less memory',
     'irn_micro_batch': 'exact micro-batches', 'seg_micro_batch': 'exact micro-batches',

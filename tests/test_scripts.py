@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,3 +33,33 @@ def test_run_voc_sh_runs_every_step(tiny_voc, tmp_path):
     assert json.load(open(os.path.join(work, 'metrics', 'eval_seg.json')))['eval_list'].endswith('val.txt')
     vis = os.path.join(work, 'vis', 'train')
     assert 'contact_sheet.png' in os.listdir(vis) and os.listdir(os.path.join(vis, 'sem_seg'))
+
+
+def test_plan_reports_every_step_and_writes_nothing(tiny_voc, tmp_path):
+    """--plan True: one row per selected step with its work and a positive estimate, measured by the micro-benchmarks;
+    the work directory is not even created. The same through run_voc.sh (whose lists then go to a temporary
+    folder)."""
+    import run_sample
+    from tests.test_e2e import base_args
+    work = str(tmp_path / 'never')
+    steps = ['train_sfc', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'make_sem_seg', 'eval_sem_seg',
+             'train_seg', 'make_seg', 'eval_seg']
+    res = run_sample.main(base_args(tiny_voc, work, '--plan', 'True', '--run_log', 'True', '--irn_crop_size', '96',
+                                    '--irn_batch_size', '2', '--seg_depth', '50', '--seg_iters', '3',
+                                    '--seg_batch_size', '2', '--seg_crop_size', '64', '--irn_crop_size_infer', '96',
+                                    '--seg_infer_list', os.path.join(tiny_voc['meta'], 'val.txt'),
+                                    *[x for s in steps for x in (f'--{s}_pass', 'True')]))
+    rows = res['plan']
+    assert [r[0] for r in rows] == steps and all(r[3] > 0 for r in rows)
+    assert rows[0][1].startswith('22 images, 11 steps/epoch x 2 = 22 steps of 2+2')  # 22 train_aug ids, batch 2
+    assert rows[1][1].startswith('6 of 6 images to do')
+    assert not os.path.exists(work)
+    env = dict(os.environ, VOC12_ROOT=tiny_voc['root'], WORK_DIR=str(tmp_path / 'voc'), DEVICE='cpu',
+               BACKBONE_WEIGHTS='none', SEG_INIT='none', PYTHON=sys.executable)
+    small = ['--backbone_width', '8', '--sfc_crop_size', '64', '--sfc_batch_size', '4', '--sfc_num_epoches', '1',
+             '--irn_crop_size', '96', '--irn_batch_size', '4', '--irn_crop_size_infer', '96', *SEG_SMALL]
+    out = subprocess.run(['bash', os.path.join(ROOT, 'run_voc.sh'), *small, '--plan', 'True'], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'plan: 10 steps' in out.stdout and 'total' in out.stdout
+    assert not os.path.exists(str(tmp_path / 'voc'))

@@ -44,14 +44,16 @@ def _peak_mb(a):
 
 
 def _timed(a, once):
-    """Mean seconds of `once()` over a.repeats runs after one warm-up run (allocator, cuDNN autotuning)."""
+    """Mean seconds of `once()` over a.repeats runs after one warm-up run (allocator, cuDNN autotuning); without
+    the warm-up when a.warmup is False (the run planner on the CPU, where it costs time and changes little)."""
     times = []
-    for it in range(a.repeats + 1):
+    first = 1 if getattr(a, 'warmup', True) else 0
+    for it in range(a.repeats + first):
         _sync(a)
         t0 = time.perf_counter()
         once()
         _sync(a)
-        if it:
+        if it >= first:
             times.append(time.perf_counter() - t0)
     return sum(times) / len(times)
 
@@ -61,10 +63,13 @@ def _layout(a):
     return use_channels_last(a.channels_last, a.device)
 
 
-def _method_args(**overrides):
-    """run_sample's flags at their defaults (the authors' constants, one place), with the benchmark's overrides."""
+def _method_args(a=None, **overrides):
+    """run_sample's flags at their defaults (the authors' constants, one place), or a run's own flags (a.run_args,
+    set by the run planner), with the benchmark's overrides."""
+    import copy
+
     import run_sample
-    args = run_sample.get_parser().parse_args([])
+    args = copy.copy(a.run_args) if getattr(a, 'run_args', None) is not None else run_sample.get_parser().parse_args([])
     vars(args).update(overrides)
     return args
 
@@ -92,7 +97,7 @@ def stage_train_step(a):
                          {'params': new, 'lr': 1.0, 'weight_decay': 1e-4}], 0.1, 1e-4, 100)
     bank = ImageBank(n_cat, crop, dev)
     w = sfc_loss.channel_weights(torch.ones(n_cat)).to(dev)
-    args = _method_args(sfc_micro_batch=a.sfc_micro_batch, amp=a.amp)
+    args = _method_args(a, sfc_micro_batch=a.sfc_micro_batch, amp=a.amp)
     scaler = grad_scaler(a.amp, dev)
     g = torch.Generator().manual_seed(0)
     rank, world = distributed.rank(), distributed.world()
@@ -182,24 +187,31 @@ def stage_make_cam_unoptimised(a):
 
 
 def _synthetic_cams(a):
-    """A 500x375 image with two objects and CAM-like arrays for keys [0, 3, 15] (cost does not depend on values)."""
+    """A 500x375 image with two objects and CAM-like arrays for keys [0, 3, 15]. The networks' cost does not depend
+    on the values; the dense CRF's does, through the image's colours (its bilateral lattice grows with their
+    spread), so a real image of the run is used when given (a.image, set by the run planner)."""
     import numpy as np
     rng = np.random.default_rng(0)
-    h, w = a.height, a.width_px
-    img = rng.integers(60, 200, (h, w, 3), dtype=np.uint8)
+    real = getattr(a, 'image', None)
+    h, w = real.shape[:2] if real is not None else (a.height, a.width_px)
+    img = real.copy() if real is not None else rng.integers(60, 200, (h, w, 3), dtype=np.uint8)
     yy, xx = np.mgrid[0:h, 0:w]
     blobs = [np.exp(-((yy - h * 0.4) ** 2 + (xx - w * 0.3) ** 2) / (2 * (h / 6) ** 2)),
              np.exp(-((yy - h * 0.6) ** 2 + (xx - w * 0.7) ** 2) / (2 * (h / 5) ** 2))]
     cam = np.stack([1 - np.maximum(*blobs) + 0.4] + [2 * b for b in blobs]).astype(np.float32)
-    img[blobs[0] > 0.5] = (200, 40, 40)
-    img[blobs[1] > 0.5] = (40, 40, 200)
+    if real is None:
+        img[blobs[0] > 0.5] = (200, 40, 40)
+        img[blobs[1] > 0.5] = (40, 40, 200)
     return img, {'keys': np.array([0, 3, 15]), 'cam': cam, 'proto_cam': cam * 0.9}
 
 
 def stage_cam_to_ir_label(a):
     from step.cam_to_ir_label import ir_label
     img, cams = _synthetic_cams(a)
-    s = _timed(a, lambda: ir_label(img, {k: v.copy() for k, v in cams.items()}))
+    from step.cam_to_ir_label import crf_kwargs
+    args = _method_args(a)
+    s = _timed(a, lambda: ir_label(img, {k: v.copy() for k, v in cams.items()}, args.ir_proto_weight, args.ir_bg_factor,
+                                   **crf_kwargs(args)))
     return _result(a, f'cam_to_ir_label ({a.width_px}x{a.height}, K=3, two CRF passes t=12; CPU, pydensecrf)', s,
                    'per image', 1)
 
@@ -211,10 +223,10 @@ def stage_make_sem_seg(a):
     from step.make_sem_seg import pseudo_label
     from voc12.dataloader import multiscale_flip
     torch.manual_seed(0)
-    model = prepare_for_inference(EdgeDisplacement(crop_size=512, backbone_width=a.width), a.device,
-                                  channels_last=_layout(a))
+    args = _method_args(a)
+    model = prepare_for_inference(EdgeDisplacement(crop_size=args.irn_crop_size_infer, backbone_width=a.width),
+                                  a.device, channels_last=_layout(a))
     img, cams = _synthetic_cams(a)
-    args = _method_args()
     walk = []
 
     def once():
@@ -245,7 +257,7 @@ def stage_train_irn_step(a):
     e, d = model.trainable_parameters()
     opt = PolyOptimizer([{'params': e, 'lr': 0.1, 'weight_decay': 1e-4}, {'params': d, 'lr': 1.0, 'weight_decay': 1e-4}],
                         0.1, 1e-4, 100)
-    p = PathIndex(10, (crop // 4, crop // 4))
+    p = PathIndex(_method_args(a).irn_radius, (crop // 4, crop // 4))
     inds = [torch.from_numpy(i).to(dev) for i in p.path_indices]
     src, dst = torch.from_numpy(p.src_indices).to(dev), torch.from_numpy(p.dst_indices).to(dev)
     scaler = grad_scaler(a.amp, dev)
@@ -271,7 +283,7 @@ def stage_train_seg_step(a):
     configure_cudnn(a.device, fixed_size=True)
     B, crop, dev = a.seg_batch, a.seg_crop, a.device
     model = to_memory_format(deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').to(dev).train(), _layout(a))
-    opt = optimizer_for(model, _method_args(), 30000)
+    opt = optimizer_for(model, _method_args(a), 30000)
     scaler = grad_scaler(a.amp, dev)
 
     def once():
@@ -293,7 +305,7 @@ def stage_make_seg(a):
     from misc.imutils import crf_inference_softmax
     from misc.torchutils import to_memory_format
     from net import deeplab
-    from step.make_seg import predict_logits
+    from step.make_seg import crf_params, predict_logits
     torch.manual_seed(0)
     model = to_memory_format(deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').to(a.device).eval(), _layout(a))
     img, _ = _synthetic_cams(a)
@@ -305,7 +317,7 @@ def stage_make_seg(a):
             prob = F.softmax(predict_logits(model, x, img.shape[:2], amp=a.amp, channels_last=_layout(a)), dim=0)
             prob = prob.cpu().numpy()
         t1 = time.perf_counter()
-        np.argmax(crf_inference_softmax(img, prob), axis=0)
+        np.argmax(crf_inference_softmax(img, prob, **crf_params(_method_args(a))), axis=0)
         crf.append(time.perf_counter() - t1)
     s = _timed(a, once)
     return _result(a, f'make_seg ({a.width_px}x{a.height}: DeepLab-v2 ResNet-{a.seg_depth} MSC + dense CRF 10 it '

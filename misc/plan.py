@@ -1,0 +1,244 @@
+"""--plan True: what a run would cost, before it runs. For every step the flags select: the work (images, steps,
+epochs), the time of one item measured here by a short micro-benchmark of that stage at the run's own sizes,
+network width, device, precision and layout (tools/benchmark.py's stages, run in this process), and the estimated
+wall time for the processes (torchrun ranks) and workers of the run. Writes nothing: it only prints its report.
+
+On a CPU the training stages are measured on a few images and scaled to the batch (the cost per image is close to
+constant there); on a GPU on the whole batch. Data loading is timed on a few real samples of the run's lists and
+counted where it is slower than the network (its workers run beside it). Fixed costs (starting a step, building
+its network) are counted as a few seconds per step.
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+
+from misc import distributed
+from misc.pyutils import format_seconds, format_table
+
+STEP_OVERHEAD_S = 2.0  # building a step's network and lists, writing its summary: measured 1-3 s on the demo
+
+
+def image_size(ds, k=30):
+    """Median (h, w) of up to k images of a dataset, from their file headers, and the id of the image closest to
+    it (the CRF's cost depends on the image's colours: the micro-benchmark runs on that real image)."""
+    from PIL import Image
+    names = ds.names[::max(1, len(ds.names) // k)][:k]
+    sizes = []
+    for n in names:
+        with Image.open(ds.image_path(n)) as im:
+            sizes.append(im.size[::-1])
+    sizes = np.array(sizes)
+    med = np.median(sizes, axis=0)
+    closest = names[int(np.argmin(np.abs(sizes - med).sum(1)))]
+    return tuple(int(v) for v in med), closest
+
+
+def _sample_time(ds, k=4):
+    """Seconds to produce one sample of a dataset (decoding, augmentation), over k samples."""
+    idx = np.linspace(0, len(ds) - 1, min(k, len(ds))).astype(int)
+    t0 = time.perf_counter()
+    for i in idx:
+        ds[int(i)]
+    return (time.perf_counter() - t0) / len(idx)
+
+
+class Planner:
+    def __init__(self, args):
+        from misc.dataset import get_dataset
+        self.args = args
+        self.ds_mod = get_dataset(args)
+        self.world = distributed.world()
+        self.cuda = 'cuda' in str(args.device)
+        self._cache = {}
+
+    # --- measuring ---------------------------------------------------------------------------------------------
+    def bench(self, stage, warmup=None, **over):
+        """Seconds per unit of a tools/benchmark.py stage, run here with the run's settings. On a GPU after a warm-up
+        run (cuDNN autotuning); on the CPU a stage whose run takes under a second is run again after that first
+        run, which pays one-off costs (allocations) that would dominate it."""
+        key = (stage, repr(sorted((k, id(v) if isinstance(v, np.ndarray) else v) for k, v in over.items())))
+        if key in self._cache:
+            return self._cache[key]
+        from tools import benchmark
+        a, n_cat = self.args, self.ds_mod.N_CAT
+        ns = argparse.Namespace(
+            device=str(a.device), amp=a.amp, channels_last=a.channels_last, fold_bn=a.cam_fold_bn, width=a.backbone_width,
+            classes=n_cat, crop=a.sfc_crop_size, batch=a.sfc_batch_size, bank=a.sfc_bank_samples if a.sfc_ibr else 0,
+            sfc_micro_batch=a.sfc_micro_batch, irn_batch=a.irn_batch_size, irn_micro_batch=a.irn_micro_batch,
+            seg_batch=a.seg_batch_size, seg_crop=a.seg_crop_size, seg_micro_batch=a.seg_micro_batch,
+            seg_depth=a.seg_depth, scales=a.cam_scales, repeats=1, warmup=self.cuda if warmup is None else warmup,
+            run_args=a, width_px=0, height=0, crf_images=1, crf_sizes=[1, 1], crf_workers=1)
+        vars(ns).update(over)
+        r = benchmark.STAGES[stage](ns)
+        if not ns.warmup and r['seconds'] < 1.0:
+            ns.warmup = True
+            r = benchmark.STAGES[stage](ns)
+        self._cache[key] = r
+        return r
+
+    def names(self, list_path):
+        return self.ds_mod.ImageDataset(list_path, self.args.dataset_root).names
+
+    def todo(self, names, folder, ext='.png'):
+        """Images whose output file does not exist yet (the step skips the others)."""
+        return [n for n in names if not os.path.isfile(os.path.join(folder, n + ext))]
+
+    def size_of(self, list_path, root=None):
+        """(median (h, w), the pixels of the listed image closest to it)."""
+        key = ('size', list_path, root)
+        if key not in self._cache:
+            ds = self.ds_mod.ImageDataset(list_path, root or self.args.dataset_root)
+            size, name = image_size(ds)
+            self._cache[key] = size, ds.read(name)
+        return self._cache[key]
+
+    def train_step(self, stage, batch, per_rank_batch_flags, dataset):
+        """Seconds per training step: the network on the batch (measured on a few images on the CPU and scaled),
+        against the loader's time for this rank's share of the batch over its workers."""
+        measured = batch if self.cuda else min(batch, 4)
+        r = self.bench(stage, **per_rank_batch_flags(measured))
+        if measured < batch and r['seconds'] < 1.0:  # cheap: the whole batch, whose per-image cost is lower
+            measured = batch
+            r = self.bench(stage, warmup=True, **per_rank_batch_flags(measured))
+        compute = r['seconds'] * batch / measured / self.world
+        data = _sample_time(dataset) * batch / self.world / max(1, self.args.num_workers)
+        return max(compute, data), compute, data
+
+    # --- the steps --------------------------------------------------------------------------------------------
+    def train_sfc(self):
+        a = self.args
+        ds = self.ds_mod.ClassificationDataset(a.train_list, a.dataset_root, a.cls_labels, crop_size=a.sfc_crop_size,
+                                               seed=a.seed)
+        spe = len(ds) // a.sfc_batch_size
+        steps = spe * a.sfc_num_epoches
+        k = a.sfc_bank_samples if a.sfc_ibr else 0
+        step, compute, data = self.train_step('train_step', a.sfc_batch_size + k,
+                                              lambda m: {'batch': max(1, m - min(k, m // 4)), 'bank': min(k, m // 4)},
+                                              ds)
+        total, note = steps * step, ''
+        if a.sfc_select_on_gt:
+            val = self.names(a.sfc_val_list)
+            n_val = len([g for g in range(1, steps + 1) if (g - 1) % a.sfc_val_freq == 0 and g > a.sfc_val_min_step])
+            (h, w), _ = self.size_of(a.sfc_val_list)
+            one = self.bench('make_cam', width_px=w, height=h, scales=[1.0])['seconds'] / 2  # one image, no flip
+            total += n_val * len(val) * one
+            note = f' + {n_val} GT validations of {len(val)} images'
+        return (f'{len(ds)} images, {spe} steps/epoch x {a.sfc_num_epoches} = {steps} steps of '
+                f'{a.sfc_batch_size}+{k}{note}', f'{step:.3g} s/step (network {compute:.3g}, data {data:.3g})', total)
+
+    def _inference(self, stage, list_path, out_dir, ext, label, **over):
+        a = self.args
+        names = self.names(list_path)
+        todo = self.todo(names, out_dir, ext)
+        (h, w), image = self.size_of(list_path)
+        per = self.bench(stage, width_px=w, height=h, image=image, **over)['seconds']
+        return (f'{len(todo)} of {len(names)} images to do ({h}x{w} median){label}',
+                f'{per:.3g} s/image', len(todo) * per / self.world)
+
+    def make_cam(self):
+        a = self.args
+        return self._inference('make_cam', a.infer_list, a.cam_dir, '.npz', f', scales {tuple(a.cam_scales)} x flip')
+
+    def cam_to_ir_label(self):
+        a = self.args
+        work, per, total = self._inference('cam_to_ir_label', a.infer_list, a.ir_label_dir, '.png', '')
+        procs = max(1, min(a.ir_crf_workers, distributed.cpu_share()))
+        return work, f'{per} in {procs} processes', total / procs
+
+    def make_sem_seg(self):
+        a = self.args
+        return self._inference('make_sem_seg', a.infer_list, a.sem_seg_dir, '.png', f', T^{2 ** a.exp_times}')
+
+    def train_irn(self):
+        a = self.args
+        ds = self.ds_mod.AffinityDataset(a.train_list, a.dataset_root, a.ir_label_dir, a.irn_crop_size,
+                                         rescale=tuple(a.irn_rescale), seed=a.seed) \
+            if os.path.isdir(a.ir_label_dir) and os.listdir(a.ir_label_dir) else None
+        n = len(self.names(a.train_list))
+        spe = n // a.irn_batch_size
+        steps = spe * a.irn_num_epoches
+        if ds is None:  # the IR labels do not exist yet: time the images alone
+            ds = self.ds_mod.ClassificationDataset(a.train_list, a.dataset_root, a.cls_labels,
+                                                   crop_size=a.irn_crop_size, seed=a.seed)
+        step, compute, data = self.train_step('train_irn_step', a.irn_batch_size,
+                                              lambda m: {'irn_batch': m, 'crop': a.irn_crop_size}, ds)
+        return (f'{n} images, {spe} steps/epoch x {a.irn_num_epoches} = {steps} steps of {a.irn_batch_size}',
+                f'{step:.3g} s/step (network {compute:.3g}, data {data:.3g})', steps * step)
+
+    def train_seg(self):
+        a = self.args
+        n = len(self.names(a.seg_train_list))
+        images = a.seg_iters * a.seg_iter_size * a.seg_batch_size
+        measured = a.seg_batch_size if self.cuda else min(a.seg_batch_size, 2)
+        r = self.bench('train_seg_step', seg_batch=measured, seg_micro_batch=min(a.seg_micro_batch or measured, measured))
+        if measured < a.seg_batch_size and r['seconds'] < 1.0:
+            measured = a.seg_batch_size
+            r = self.bench('train_seg_step', warmup=True, seg_batch=measured,
+                           seg_micro_batch=min(a.seg_micro_batch or measured, measured))
+        per_image = r['seconds'] / measured
+        update = per_image * a.seg_iter_size * a.seg_batch_size / self.world
+        return (f'{a.seg_iters} updates of {a.seg_iter_size} x {a.seg_batch_size} crops of {a.seg_crop_size} '
+                f'({images / max(1, n):.1f} epochs of {n} images)', f'{update:.3g} s/update', a.seg_iters * update)
+
+    def make_seg(self):
+        a = self.args
+        names = self.ds_mod.ImageDataset(a.seg_infer_list, a.seg_infer_root).names
+        todo = self.todo(names, a.seg_dir)
+        (h, w), image = self.size_of(a.seg_infer_list, a.seg_infer_root)
+        r = self.bench('make_seg', width_px=w, height=h, image=image)
+        crf = r.get('crf_s', 0.0) if a.seg_crf else 0.0
+        net = r['seconds'] - r.get('crf_s', 0.0)
+        workers = a.seg_crf_workers if a.seg_crf else 1
+        per = max(net, crf / workers) if workers > 1 else net + crf
+        return (f'{len(todo)} of {len(names)} images to do ({h}x{w} median)',
+                f'{per:.3g} s/image (network {net:.3g}, CRF {crf:.3g} in {workers} process{"es" * (workers > 1)})',
+                len(todo) * per / self.world)
+
+    def _eval(self, list_path, arrays):
+        """Reading and scoring: measured on synthetic arrays of the median size (files of that size decode at the
+        same rate), over the loader workers."""
+        names = self.names(list_path)
+        (h, w), _ = self.size_of(list_path)
+        rng = np.random.default_rng(0)
+        maps = rng.random((arrays, h, w)).astype(np.float32)
+        gt = rng.integers(0, 3, (h, w)).astype(np.uint8)
+        from misc.metrics import confusion_of
+        t0 = time.perf_counter()
+        for _ in range(3):
+            confusion_of(gt, np.argmax(maps, 0).astype(np.uint8), self.ds_mod.N_CAT + 1)
+        per = (time.perf_counter() - t0) / 3
+        return f'{len(names)} images', f'{per:.3g} s/image', len(names) * per / max(1, self.args.num_workers)
+
+    def eval_cam(self):
+        return self._eval(self.args.eval_list, 3 * len(self.args.cam_eval_source))
+
+    def eval_sem_seg(self):
+        return self._eval(self.args.eval_list, 2)
+
+    def eval_seg(self):
+        return self._eval(self.args.seg_eval_list, 2)
+
+
+def run(args, steps):
+    """Print the plan of `steps`; returns [(step, work, per item, estimated seconds)]."""
+    p = Planner(args)
+    rows, total = [], 0.0
+    t0 = time.perf_counter()
+    for s in steps:
+        try:
+            work, per, secs = getattr(p, s)()
+        except (OSError, ValueError, KeyError) as e:
+            work, per, secs = f'cannot be planned yet: {str(e).splitlines()[0][:150]}', '-', 0.0
+        secs += STEP_OVERHEAD_S
+        total += secs
+        rows.append((s, work, per, secs))
+    if distributed.is_main():
+        print(f'plan: {len(steps)} steps on {args.device}, {p.world} process{"es" * (p.world > 1)}, loader workers '
+              f'{args.num_workers}, CRF processes {args.ir_crf_workers} / {args.seg_crf_workers}; '
+              f'micro-benchmarks {format_seconds(time.perf_counter() - t0)} (nothing was written)')
+        print(format_table(['step', 'work', 'measured here', 'estimate'],
+                           [[s, w, per, format_seconds(secs)] for s, w, per, secs in rows] +
+                           [['total', '', '', format_seconds(total)]]))
+    return rows
