@@ -149,6 +149,14 @@ def get_parser():
     a.add_argument('--cam_eval_fuse_weight', default=0.3, type=float,
                    help='fused = cam + w * proto_cam (the commented final_cam, SFC/make_cam.py:81)')
     a.add_argument('--cam_vis_count', default=0, type=int, help='CAM overlay PNGs written to vis/cam/')
+    a.add_argument('--cam_eval_sweep', default=False, type=str2bool,
+                   help='also score the headline CAM at every background threshold (IRN style: a constant background '
+                        'score) and offset (SFC style: background + offset) below: mIoU curves, the best values, '
+                        'vis/eval_cam_sweep.png; the headline stays the authors\' offset')
+    a.add_argument('--cam_sweep_thresholds', default=[round(0.05 * i, 2) for i in range(1, 20)], nargs='+', type=float,
+                   help='constant background scores t for --cam_eval_sweep (0.05 ... 0.95)')
+    a.add_argument('--cam_sweep_offsets', default=[round(0.1 * i, 1) for i in range(0, 16)], nargs='+', type=float,
+                   help='background offsets o for --cam_eval_sweep (0.0 ... 1.5; the authors use 0.4)')
 
     a = p.add_argument_group('IR labels by dense CRF (cam_to_ir_label; SFC/cam2ir.py, SIPE/tool/imutils.py:156-170)')
     a.add_argument('--ir_proto_weight', default=0.7, type=float, help='F = cam + 0.7 proto_cam (cam2ir.py:26)')

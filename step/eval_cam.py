@@ -49,8 +49,27 @@ def print_table(title, scores, class_names):
     print(format_table(['class', 'IoU', 'precision', 'recall', 'to_other_fg', 'gt_pixels'], rows))
 
 
-def _image_confusions(name, root, cam_dir, labels, sources, fuse_weight, ds_name):
-    """Per-source confusion counts of one image (run in a loader worker)."""
+def sweep_predictions(score, keys, bg_offset, fg_scale, thresholds, offsets):
+    """The two background conventions of the literature on one CAM, as label maps per value:
+    - a constant background score t against the max-normalised foreground CAMs (IRN, AdvCAM, ...): background
+      where max_c N_c <= t (a tie goes to the background, the first channel), else the arg max class;
+    - SFC's form with the offset o in place of the run's: background where N_0 + o >= 2 max_c N_c (the fg x 2 of
+      make_cam), else the arg max class; computed on the stored arrays as cam_0 + (o - bg_offset) >= max_c cam_c, so
+      that o = the run's offset is exactly the headline prediction.
+    N_c = cam_c / fg_scale is recovered with the run's make_cam flags. Returns ({t: map}, {o: map})."""
+    if score.shape[0] == 1:
+        zero = np.zeros(score.shape[1:], np.uint8)
+        return {t: zero for t in thresholds}, {o: zero for o in offsets}
+    top_stored, arg = score[1:].max(0), keys[1:][score[1:].argmax(0)].astype(np.uint8)
+    top = top_stored / fg_scale
+    zero = np.uint8(0)
+    return ({t: np.where(top <= t, zero, arg) for t in thresholds},
+            {o: np.where(score[0] + (o - bg_offset) >= top_stored, zero, arg) for o in offsets})
+
+
+def _image_confusions(name, root, cam_dir, labels, sources, fuse_weight, ds_name, sweep=None):
+    """Per-source confusion counts of one image (run in a loader worker); with `sweep` (bg_offset, fg_scale,
+    thresholds, offsets) also those of the headline source at every background threshold and offset."""
     ds_mod = get_dataset(ds_name)
     layout = ds_mod.ImageDataset.layout
     cams = camio.load_cam(camio.cam_path(cam_dir, name))
@@ -60,7 +79,52 @@ def _image_confusions(name, root, cam_dir, labels, sources, fuse_weight, ds_name
     if gt.shape != cams['cam'].shape[1:]:
         raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from GT size {gt.shape}')
     n = layout.n_cat() + 1
-    return {s: confusion_of(gt, predict(cams, s, fuse_weight), n, name) for s in sources}
+    out = {s: confusion_of(gt, predict(cams, s, fuse_weight), n, name) for s in sources}
+    if sweep is not None:
+        bg_offset, fg_scale, thresholds, offsets = sweep
+        score = camio.cam_score(cams, sources[0], fuse_weight)
+        if sources[0] == 'fused':  # cam + w proto_cam: its N is the weighted mean of the two CAMs' N
+            score = score / (1 + fuse_weight)
+        by_t, by_o = sweep_predictions(score, cams['keys'], bg_offset, fg_scale, thresholds, offsets)
+        out['sweep_threshold'] = np.stack([confusion_of(gt, by_t[t], n, name) for t in thresholds])
+        out['sweep_offset'] = np.stack([confusion_of(gt, by_o[o], n, name) for o in offsets])
+    return out
+
+
+def report_sweep(args, mats, source):
+    """The mIoU curves of the two background conventions, their best values, the figure; -> dict for the JSON."""
+    out = {}
+    for kind, values, mat, what in (('threshold', args.cam_sweep_thresholds, mats['sweep_threshold'],
+                                     'constant background score t (IRN style)'),
+                                    ('offset', args.cam_sweep_offsets, mats['sweep_offset'],
+                                     'background N_0 + o against 2 N_c (SFC style; the authors: o = 0.4)')):
+        curve = [scores_from_confusion(m)['miou'] for m in mat]
+        best = int(np.nanargmax(curve))
+        out[kind] = {'values': list(values), 'miou': curve, 'best_value': values[best], 'best_miou': curve[best]}
+        print(f'  sweep of the {what} on {source}: best mIoU {curve[best]:.4f} at {values[best]:g}')
+        print('    ' + '  '.join(f'{v:g}:{m:.4f}' for v, m in zip(values, curve)))
+    sweep_figure(os.path.join(args.vis_dir, 'eval_cam_sweep.png'), out, source, args.cam_bg_offset)
+    return out
+
+
+def sweep_figure(path, sweep, source, authors_offset):
+    from misc.plots import _pyplot, _save
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, (kind, label) in zip(axes, (('threshold', 'background threshold t (IRN style)'),
+                                        ('offset', 'background offset o (SFC style)'))):
+        s = sweep[kind]
+        ax.plot(s['values'], s['miou'], marker='o', ms=3)
+        ax.axvline(s['best_value'], color='tab:green', ls=':', label=f'best {s["best_miou"]:.3f} at {s["best_value"]:g}')
+        if kind == 'offset':
+            ax.axvline(authors_offset, color='tab:red', ls='--', label=f'the authors\' {authors_offset:g}')
+        ax.set_xlabel(label)
+        ax.set_ylabel('mIoU')
+        ax.legend(fontsize=7)
+    fig.suptitle(f'eval_cam: mIoU of {source} against the background convention', fontsize=9)
+    _save(fig, path)
+    plt.close(fig)
+    print(f'  sweep chart: {path}')
 
 
 def run(args):
@@ -73,8 +137,11 @@ def run(args):
     for s in sources:
         if s not in camio.CAM_SOURCES:
             raise BadInput(f'--cam_eval_source {s!r}: choose from {camio.CAM_SOURCES}')
+    sweep = ((args.cam_bg_offset, args.cam_fg_scale, list(args.cam_sweep_thresholds), list(args.cam_sweep_offsets))
+             if args.cam_eval_sweep else None)
     per_image = functools.partial(_image_confusions, root=args.dataset_root, cam_dir=args.cam_dir, labels=labels,
-                                  sources=sources, fuse_weight=args.cam_eval_fuse_weight, ds_name=args.dataset)
+                                  sources=sources, fuse_weight=args.cam_eval_fuse_weight, ds_name=args.dataset,
+                                  sweep=sweep)
     mats = accumulate(per_image, names_ds.names, args.num_workers, 'eval_cam')
     vis_dir = os.path.join(args.vis_dir, 'cam')
     for name in names_ds.names[:args.cam_vis_count]:
@@ -92,6 +159,8 @@ def run(args):
     eval_figure(args, ds_mod, 'eval_cam', {s: scores[s]['iou'] for s in sources}, class_names)
     head = dict(results[sources[0]])
     head.update({'source': sources[0], 'sources': results, 'eval_list': args.eval_list})
+    if sweep is not None:
+        head['sweep'] = report_sweep(args, mats, sources[0])
     camio.save_json(os.path.join(args.metrics_dir, 'eval_cam.json'), head)
     print('  ' + '  '.join(f'{s} mIoU {results[s]["miou"]:.4f}' for s in sources))
     return head

@@ -342,3 +342,47 @@ def test_train_seg_overfits_four_images_given_their_gt(learning_voc, tmp_path):
     print(f'DeepLab on its 4 training images: before {before["miou"]:.4f}, after {after["miou"]:.4f} (CRF), '
           f'{after["miou_no_crf"]:.4f} (no CRF)')
     assert after['miou'] > 0.88 and after['miou_no_crf'] > 0.82 and after['miou'] > before['miou'] + 0.5
+
+
+def test_cam_eval_sweep_curves_by_hand(tiny_voc, tmp_path):
+    """--cam_eval_sweep on planted CAMs with known normalised maps N (multiples of 1/64, so that no value lands on a
+    threshold): per pixel, by explicit loops here, the IRN-style label (background where max_c N_c <= t, else the
+    arg max class) and SFC's (background where N_0 + o >= 2 max_c N_c), scored by the hand counter; the step's
+    curves, best values and figure must match, and the authors' offset 0.4 must give the headline mIoU."""
+    work = str(tmp_path / 'w')
+    rng = np.random.default_rng(4)
+    labels = labels_of(tiny_voc)
+    thresholds, offsets = [0.2, 0.45, 0.7], [0.15, 0.4, 0.9]
+    pairs = {('t', v): [] for v in thresholds}
+    pairs.update({('o', v): [] for v in offsets})
+    for n in names_of(tiny_voc):
+        gt = gt_of(tiny_voc, n)
+        keys = camio.keys_from_label(labels[n])
+        onehot = np.stack([(np.where(gt == 255, 0, gt) == k) for k in keys]).astype(np.float32)
+        norm = np.clip(np.round(64 * (0.6 * onehot + 0.5 * rng.random(onehot.shape))) / 64, 0, 1).astype(np.float32)
+        stored = norm.copy()
+        stored[0] += 0.4  # as make_cam stores it: background + 0.4, foreground x 2
+        stored[1:] *= 2
+        camio.save_cam(camio.cam_path(os.path.join(work, 'cam'), n), keys, stored, stored)
+        for (kind, v), p in pairs.items():
+            pred = np.zeros(gt.shape, np.uint8)
+            for y in range(gt.shape[0]):
+                for x in range(gt.shape[1]):
+                    fg = [float(norm[c, y, x]) for c in range(1, len(keys))]
+                    if not fg:
+                        continue
+                    best = max(range(len(fg)), key=lambda i: (fg[i], -i))  # the first of equal maxima
+                    if (kind == 't' and fg[best] > v) or (kind == 'o' and float(norm[0, y, x]) + v < 2 * fg[best]):
+                        pred[y, x] = keys[1 + best]
+            p.append((gt, pred))
+    res = run_sample.main(args_for(tiny_voc, work, '--eval_cam_pass', 'True', '--cam_eval_sweep', 'True',
+                                   '--cam_sweep_thresholds', *map(str, thresholds), '--cam_sweep_offsets',
+                                   *map(str, offsets)))['eval_cam']
+    want_t = [hand_scores(pairs[('t', v)])['miou'] for v in thresholds]
+    want_o = [hand_scores(pairs[('o', v)])['miou'] for v in offsets]
+    np.testing.assert_allclose(res['sweep']['threshold']['miou'], want_t, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(res['sweep']['offset']['miou'], want_o, rtol=0, atol=1e-12)
+    assert res['sweep']['offset']['miou'][1] == res['miou']  # the authors' offset is the headline
+    assert res['sweep']['threshold']['best_value'] == thresholds[int(np.argmax(want_t))]
+    assert len(set(np.round(want_t, 6))) == 3 and len(set(np.round(want_o, 6))) == 3  # the curves are not flat
+    assert os.path.isfile(os.path.join(work, 'vis', 'eval_cam_sweep.png'))
