@@ -49,23 +49,32 @@ MAX_CLASSES = 3
 PERIOD = 8  # texture period in pixels
 
 
+VARIANTS = ('a', 'b', 'c')
+# variant c's textures: brightness patterns that tell classes apart where colours are shared (with the background too)
+BLOTCH, GRAIN, DIAG, DOTS, RINGS, SHADED = range(10, 16)
+
+
 def variant_style(variant):
-    """(presence, partner, co_occur, appearance) of a dataset variant. 'a' is the demo's data (above); 'b' is a
-    second, differently built set for checking claims made on 'a': the long-tail order is reshuffled over the
-    classes, six other tail/head pairs share a colour, co-occurrence is weaker, and every class gets another
-    colour and texture."""
+    """(presence, partner, co_occur, appearance, render) of a dataset variant. 'a' is the demo's data (above); 'b' is
+    a second, differently built set for checking claims made on 'a': the long-tail order is reshuffled over the
+    classes, six other tail/head pairs share a colour, co-occurrence is weaker, and every class gets another colour
+    and texture. 'c' is built differently again: textured and shaded objects (noise blotches, grain, diagonal
+    stripes, dots, rings, plain shading), larger (45-85 % of the side), backgrounds made of patches in the objects'
+    own colours, partial occlusion by background bars, and its own long tail and pairs (render 'shaded')."""
     if variant == 'a':
-        return PRESENCE, PARTNER, CO_OCCUR, APPEARANCE
-    if variant != 'b':
-        raise BadInput(f"synthetic VOC variant must be 'a' or 'b', got {variant!r}")
-    rng = np.random.default_rng(20240101)
+        return PRESENCE, PARTNER, CO_OCCUR, APPEARANCE, 'flat'
+    if variant not in VARIANTS:
+        raise BadInput(f'synthetic VOC variant must be one of {VARIANTS}, got {variant!r}')
+    rng = np.random.default_rng(20240101 if variant == 'b' else 20240202)
     order = [CAT_LIST[i] for i in rng.permutation(len(CAT_LIST))]  # head first
     values = sorted(PRESENCE.values(), reverse=True)
     presence = dict(zip(order, values))
     heads, tails = order[:6], order[-6:]
     partner = dict(zip(tails, heads))
     colours = list(COLOURS)
-    textures = [SOLID, HSTRIPE, VSTRIPE, CHECKER]
+    if variant == 'c':
+        colours = [colours[i] for i in rng.permutation(len(colours))]
+    textures = [SOLID, HSTRIPE, VSTRIPE, CHECKER] if variant == 'b' else [BLOTCH, GRAIN, DIAG, DOTS, RINGS, SHADED]
     appearance = {}
     for i, (tail, head) in enumerate(partner.items()):  # each pair: one colour, two textures
         c = colours[i]
@@ -76,7 +85,8 @@ def variant_style(variant):
     for cls in order:
         if cls not in appearance:
             appearance[cls] = free.pop()
-    return presence, partner, 0.6, appearance
+    return (presence, partner, 0.6, appearance, 'flat') if variant == 'b' else (presence, partner, 0.7, appearance,
+                                                                                'shaded')
 
 
 def image_size(rng, lo, hi):
@@ -87,7 +97,7 @@ def image_size(rng, lo, hi):
 
 
 def _classes(rng, style):
-    presence, partner, co_occur, _ = style
+    presence, partner, co_occur = style[:3]
     present = [c for c in CAT_LIST if rng.random() < presence[c]]
     for tail, head in partner.items():
         if tail in present and head not in present and rng.random() < co_occur:
@@ -119,9 +129,9 @@ def texture(kind, h, w, phase):
     return np.where(on, 1.0, 0.4).astype(np.float32)
 
 
-def shape_mask(rng, h, w):
+def shape_mask(rng, h, w, extent=(0.3, 0.65)):
     mask = np.zeros((h, w), np.uint8)
-    sh, sw = int(h * rng.uniform(0.3, 0.65)), int(w * rng.uniform(0.3, 0.65))
+    sh, sw = int(h * rng.uniform(*extent)), int(w * rng.uniform(*extent))
     cy, cx = int(rng.integers(sh // 2, h - sh // 2)), int(rng.integers(sw // 2, w - sw // 2))
     kind = rng.integers(0, 3)
     if kind == 0:
@@ -142,21 +152,83 @@ def background(rng, h, w):
     return base + grad + noise
 
 
+def texture_c(kind, rng, h, w):
+    """(h, w) brightness of a variant-c texture: low-frequency noise blotches, fine grain, diagonal stripes, a dot
+    grid, rings around a random centre, or plain (the shading is added by the caller)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == BLOTCH:
+        n = cv2.GaussianBlur(rng.normal(size=(h, w)).astype(np.float32), (0, 0), 5)
+        return np.where(n > 0, 1.0, 0.45).astype(np.float32)
+    if kind == GRAIN:
+        return np.clip(0.75 + 0.25 * rng.normal(size=(h, w)), 0.4, 1.0).astype(np.float32)
+    if kind == DIAG:
+        return np.where(((xx + yy + rng.integers(0, 10)) // 5) % 2 == 0, 1.0, 0.45).astype(np.float32)
+    if kind == DOTS:
+        p = 9
+        d = ((xx + rng.integers(0, p)) % p - p / 2) ** 2 + ((yy + rng.integers(0, p)) % p - p / 2) ** 2
+        return np.where(d < 6, 0.4, 1.0).astype(np.float32)
+    if kind == RINGS:
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        return np.where((np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) // 4) % 2 == 0, 1.0, 0.5).astype(np.float32)
+    return np.ones((h, w), np.float32)
+
+
+def shading(rng, h, w, lo=0.65, hi=1.25):
+    """A linear light gradient in a random direction, from lo to hi across the image."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    a = rng.uniform(0, 2 * np.pi)
+    g = np.cos(a) * xx + np.sin(a) * yy
+    g = (g - g.min()) / max(g.max() - g.min(), 1e-6)
+    return (lo + (hi - lo) * g).astype(np.float32)
+
+
+def background_c(rng, h, w):
+    """Variant c: patches (rectangles, ellipses) in the objects' colours, flat but shaded, over a noisy grey."""
+    img = background(rng, h, w)
+    names = list(COLOURS)
+    for _ in range(int(rng.integers(3, 7))):
+        m = np.zeros((h, w), np.uint8)
+        ph, pw = int(h * rng.uniform(0.2, 0.6)), int(w * rng.uniform(0.2, 0.6))
+        cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+        if rng.random() < 0.5:
+            cv2.rectangle(m, (cx - pw // 2, cy - ph // 2), (cx + pw // 2, cy + ph // 2), 1, -1)
+        else:
+            cv2.ellipse(m, (cx, cy), (pw // 2, ph // 2), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        col = np.asarray(COLOURS[names[int(rng.integers(0, len(names)))]], np.float32) * rng.uniform(0.7, 1.0)
+        fill = col[None, None] * shading(rng, h, w, 0.8, 1.1)[..., None] + rng.normal(0, 8, size=(h, w, 3))
+        img[m.astype(bool)] = fill[m.astype(bool)]
+    return img
+
+
 def make_sample(rng, h, w, style=None):
     """One image (H,W,3 uint8), its GT (H,W uint8, 255 band) and the visible objects [(class, bbox)]."""
     style = style or variant_style('a')
-    img = background(rng, h, w)
+    shaded = style[4] == 'shaded'
+    img = background_c(rng, h, w) if shaded else background(rng, h, w)
     gt = np.zeros((h, w), np.uint8)
     for cls in _classes(rng, style):
         n_inst = 1 + int(rng.random() < 0.25)
         colour, kind = style[3][cls]
         for _ in range(n_inst):
-            m = shape_mask(rng, h, w)
-            tex = texture(kind, h, w, rng.integers(0, PERIOD, size=2))
+            m = shape_mask(rng, h, w, (0.45, 0.85) if shaded else (0.3, 0.65))
+            if shaded:
+                tex = texture_c(kind, rng, h, w) * shading(rng, h, w)
+            else:
+                tex = texture(kind, h, w, rng.integers(0, PERIOD, size=2))
             col = np.asarray(COLOURS[colour], np.float32) * rng.uniform(0.85, 1.1)
             fill = col[None, None, :] * tex[..., None] + rng.normal(0, 10, size=(h, w, 3))
             img[m] = fill[m]
             gt[m] = CAT_LIST.index(cls) + 1
+    if shaded and rng.random() < 0.4:  # a background bar in front of the objects: partial occlusion
+        bar = np.zeros((h, w), np.uint8)
+        t = max(3, int(min(h, w) * rng.uniform(0.06, 0.14)))
+        p0 = (int(rng.integers(0, w)), 0) if rng.random() < 0.5 else (0, int(rng.integers(0, h)))
+        p1 = (int(rng.integers(0, w)), h - 1) if p0[1] == 0 else (w - 1, int(rng.integers(0, h)))
+        cv2.line(bar, p0, p1, 1, t)
+        names = list(COLOURS)
+        col = np.asarray(COLOURS[names[int(rng.integers(0, len(names)))]], np.float32) * 0.8
+        img[bar.astype(bool)] = col + rng.normal(0, 8, size=(int(bar.sum()), 3))
+        gt[bar.astype(bool)] = 0
     objects = []
     band = np.zeros((h, w), bool)
     kernel = np.ones((3, 3), np.uint8)
@@ -237,8 +309,9 @@ def main(argv=None):
     p.add_argument('--seed', default=0, type=int)
     p.add_argument('--min_size', default=72, type=int)
     p.add_argument('--max_size', default=136, type=int)
-    p.add_argument('--variant', default='a', choices=('a', 'b'),
-                   help="a: the demo's data; b: a differently built set (other long tail, pairs, appearances)")
+    p.add_argument('--variant', default='a', choices=VARIANTS,
+                   help="a: the demo's data; b: a differently built set (other long tail, pairs, appearances); c: "
+                        'textured, shaded, larger objects on backgrounds in their colours, partial occlusion')
     a = p.parse_args(argv)
     ids = make_synthetic_voc(a.out_root, a.n_train, a.n_val, a.n_aug, a.seed, a.min_size, a.max_size, a.variant)
     print(f'synthetic VOC at {a.out_root}: ' + ', '.join(f'{k} {len(v)}' for k, v in ids.items()))

@@ -1,0 +1,176 @@
+"""Does each stage rise, on data nobody tuned on? The demo recipe (run_demo.sh) run on several generated sets and
+seeds, and the paper's stage table (misc.stages) as mean and spread over the seeds, per set.
+
+    python -m tools.stage_study                               # the reported sets, seeds 10 and 11 (about 2 hours)
+    python -m tools.stage_study --sets tune --seeds 10        # the tuning set only (settings are chosen on it)
+    python -m tools.stage_study --sets a:a:0 b:b:0 --quick    # the quick miniature
+
+A set is NAME:VARIANT:DATA_SEED (voc12.synthetic's variant and seed); the names below are the defaults:
+    tune   a, data seed 1   the set the demo's settings were chosen on; never reported
+    a      a, data seed 0   the demo's own set, held out from the tuning
+    b      b, data seed 0   another long tail, other head/tail pairs and appearances
+    c      c, data seed 0   textured, shaded, larger objects on backgrounds in their colours, partial occlusion
+Each run lives in <work_dir>/<set>_s<seed>/ (a finished run is reused: delete its folder to redo it). Extra
+environment for run_demo.sh (a setting to try on the tuning set, e.g. EXP_TIMES=5) goes after --, as NAME=VALUE.
+Writes <work_dir>/stage_study.json and prints one table per set and one of every run.
+
+--oracles also measures, from each finished run, what a stage can reach at this size when its input is perfect or
+different, with the recipe's budget (each in <run>_<oracle>/, reusing the run's CAMs):
+    irn_gt      IRN trained on IR labels equal to the GT (its void band as 255), walking the run's CAMs
+    seg_gt      DeepLab trained on the GT masks of train instead of the pseudo masks
+    seg_crf     DeepLab trained on the CRF labels (ir_label/, 255 ignored) instead of the IRN masks
+    seg_x2      DeepLab on the IRN masks with twice the updates (is the budget the limit?)
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from misc import stages  # noqa: E402
+from misc.pyutils import format_seconds, format_table  # noqa: E402
+
+SETS = {'tune': ('a', 1), 'a': ('a', 0), 'b': ('b', 0), 'c': ('c', 0)}
+KEYS = ('cam', 'crf_labels', 'irn_masks', 'deeplab_crf', 'deeplab_nocrf')
+
+
+def parse_set(spec):
+    parts = spec.split(':')
+    if len(parts) == 1 and spec in SETS:
+        return spec, *SETS[spec]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f'a set is NAME:VARIANT:DATA_SEED or one of {sorted(SETS)}, got {spec!r}')
+    return parts[0], parts[1], int(parts[2])
+
+
+def run_one(work, variant, data_seed, seed, quick, env_extra):
+    done = os.path.join(work, 'metrics', 'eval_seg.json')
+    if os.path.isfile(done):
+        return 0.0
+    env = dict(os.environ, SEED=str(seed), DATA_SEED=str(data_seed), **env_extra)
+    t0 = time.time()
+    cmd = ['bash', os.path.join(ROOT, 'run_demo.sh'), work, '--variant', variant] + (['--quick'] if quick else [])
+    with open(os.path.join(os.path.dirname(work), os.path.basename(work) + '.log'), 'w') as log:
+        subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    return time.time() - t0
+
+
+ORACLES = ('irn_gt', 'seg_gt', 'seg_crf', 'seg_x2')
+
+
+def run_oracle(run, oracle, variant, seed, env_extra):
+    """One oracle from a finished run (see the module's docstring); -> its stage values."""
+    import shutil
+
+    from misc import camio
+    work = f'{run}_{oracle}'
+    done = os.path.join(work, 'metrics', 'eval_seg.json' if oracle.startswith('seg') else 'eval_sem_seg.json')
+    if not os.path.isfile(done):
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        shutil.copytree(os.path.join(run, 'meta'), os.path.join(work, 'meta'))
+        data = os.path.join(run, 'VOC2012')
+        env = dict(os.environ, SEED=str(seed), DATA=data, **env_extra)
+
+        def gt_copy(list_name, dest):
+            for n in open(os.path.join(run, 'meta', list_name)).read().split():
+                camio.write_label(camio.label_path(dest, n),
+                                  camio.read_label(os.path.join(data, 'SegmentationClass', n + '.png')))
+        if oracle == 'irn_gt':
+            shutil.copytree(os.path.join(run, 'cam'), os.path.join(work, 'cam'))
+            gt_copy('trainval.txt', os.path.join(work, 'ir_label'))
+            env['PARTS'] = 'irn'
+        else:
+            env['PARTS'] = 'seg'
+            if oracle == 'seg_gt':
+                gt_copy('train.txt', os.path.join(work, 'gt_masks'))
+                env['SEG_LABEL_DIR'] = os.path.join(work, 'gt_masks')
+            elif oracle == 'seg_crf':
+                env['SEG_LABEL_DIR'] = os.path.join(run, 'ir_label')
+            else:
+                env['SEG_LABEL_DIR'] = os.path.join(run, 'sem_seg')
+                iters = int(env_extra.get('SEG_ITERS') or demo_setting('SEG_ITERS'))
+                env['SEG_ITERS'] = str(2 * iters)
+        with open(work + '.log', 'w') as log:
+            subprocess.run(['bash', os.path.join(ROOT, 'run_demo.sh'), work], env=env, stdout=log,
+                           stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    return stages.stage_values(work)
+
+
+def demo_setting(name):
+    """A setting's default as run_demo.sh writes it (NAME=${NAME:-value})."""
+    import re
+    text = open(os.path.join(ROOT, 'run_demo.sh'), encoding='utf-8').read()
+    m = re.search(rf'{name}=\$\{{{name}:-([^}}]+)\}}', text)
+    if not m:
+        raise ValueError(f'run_demo.sh has no overridable {name}')
+    return m.group(1)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra = argv[argv.index('--') + 1:] if '--' in argv else []
+    argv = argv[:argv.index('--')] if '--' in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--sets', nargs='+', type=parse_set, default=[parse_set(s) for s in ('a', 'b', 'c')])
+    p.add_argument('--seeds', nargs='+', type=int, default=[10, 11])
+    p.add_argument('--work_dir', default='work/stage_study')
+    p.add_argument('--quick', action='store_true', help="run_demo.sh --quick (the small miniature)")
+    p.add_argument('--oracles', nargs='*', default=None, choices=ORACLES,
+                   help='also the oracles of each run (all of them when named without values)')
+    a = p.parse_args(argv)
+    env_extra = dict(e.split('=', 1) for e in extra)
+    os.makedirs(a.work_dir, exist_ok=True)
+    results = {}
+    for name, variant, data_seed in a.sets:
+        for seed in a.seeds:
+            work = os.path.abspath(os.path.join(a.work_dir, f'{name}_s{seed}'))
+            took = run_one(work, variant, data_seed, seed, a.quick, env_extra)
+            results.setdefault(name, {})[seed] = stages.stage_values(work)
+            print(f'[stage_study] {name} seed {seed}: ' + ('reused' if not took else format_seconds(took)) + '  ' +
+                  '  '.join(f'{k} {results[name][seed][k]:.4f}' for k in KEYS if k in results[name][seed]),
+                  flush=True)
+            for oracle in (ORACLES if a.oracles == [] else a.oracles or ()):
+                v = run_oracle(work, oracle, variant, seed, env_extra)
+                key = 'irn_masks' if oracle == 'irn_gt' else 'deeplab_crf'
+                results[name][seed][f'oracle_{oracle}'] = v.get(key)
+                if key == 'deeplab_crf':
+                    results[name][seed][f'oracle_{oracle}_nocrf'] = v.get('deeplab_nocrf')
+                print(f'[stage_study] {name} seed {seed} oracle {oracle}: {key} {v.get(key, float("nan")):.4f}',
+                      flush=True)
+    summary = {}
+    for name, runs in results.items():
+        summary[name] = {}
+        keys = list(KEYS) + sorted({k for r in runs.values() for k in r if k.startswith('oracle_')})
+        for k in keys:
+            v = [r[k] for r in runs.values() if r.get(k) is not None]
+            if v:
+                summary[name][k] = {'mean': float(np.mean(v)), 'min': float(min(v)), 'max': float(max(v)),
+                                    'runs': v}
+        rows = []
+        cam = summary[name].get('cam', {}).get('mean')
+        for k in keys:
+            if k in summary[name]:
+                s = summary[name][k]
+                rows.append([k, f'{s["mean"]:.4f}', f'{s["min"]:.4f} - {s["max"]:.4f}',
+                             f'{100 * (s["mean"] - cam):+.1f}' if cam is not None and k != 'cam' else ''])
+        print(f'\nset {name} ({len(runs)} seeds: {", ".join(map(str, runs))}): mean, range over the seeds')
+        print(format_table(['stage', 'mIoU', 'range', 'points over the CAM'], rows))
+    with open(os.path.join(a.work_dir, 'stage_study.json'), 'w') as f:
+        json.dump({'sets': {n: {'variant': v, 'data_seed': d} for n, v, d in a.sets}, 'seeds': a.seeds,
+                   'quick': a.quick, 'env': env_extra, 'runs': {n: {str(s): r for s, r in runs.items()}
+                                                                for n, runs in results.items()},
+                   'summary': summary}, f, indent=1)
+    return summary
+
+
+if __name__ == '__main__':
+    from misc.errors import cli
+    cli(main)
