@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SFC on MS COCO 2014 with the authors' intent (SPEC B9): SFC training on train2014, CAMs, CAM evaluation,
+# SFC on MS COCO 2014 with the authors' intent (docs/faithfulness §9): SFC training on train2014, CAMs, CAM evaluation,
 # then dense-CRF labels (cam_to_ir_label) as the final pseudo masks, scored against the GT PNGs, and DeepLab-v2
 # trained on them, scored on val2014 (81 classes). The IRN
 # stage is optional (USE_IRN=True), as the authors skipped it for cost. Extra arguments go to
@@ -24,7 +24,7 @@ SFC_BATCH_SIZE=16
 SFC_NUM_EPOCHES=5
 SFC_LR=0.1
 SFC_MOMENTUM=1e-4          # the authors' effective momentum
-SFC_DC_OFFSET=auto         # steps/epoch x 4 bank images x 3 / 80 classes (SPEC A5)
+SFC_DC_OFFSET=auto         # steps/epoch x 4 bank images x 3 / 80 classes (docs/faithfulness §3.7)
 SFC_SELECT_ON_GT=False     # the authors never validated on COCO
 
 # --- CAMs and CRF labels (as VOC) ---

@@ -22,10 +22,10 @@ STEPS = ('train_sfc', 'make_cam', 'eval_cam', 'cam_to_ir_label', 'train_irn', 'm
 EVAL_STEPS = ('eval_cam', 'eval_sem_seg', 'eval_seg')  # run once, on rank 0, after the ranks' outputs are written
 PASS_ALIASES = {'train_cam': 'train_sfc'}  # IRN-style name accepted for SFC training
 # (train/infer list, eval list, segmentation-model val list) under work_dir/meta, as the dataset's
-# make_cls_labels writes them (SPEC B1.2, B9, C2)
+# make_cls_labels writes them (docs/faithfulness §1.2, §9; docs/deeplab.md)
 DEFAULT_LISTS = {'voc12': ('train_aug.txt', 'train.txt', 'val.txt'),
                  'coco14': ('train2014.txt', 'train2014.txt', 'val2014.txt')}
-# The segmentation stage's two recipes (SPEC C2). A flag given on the command line overrides its recipe value.
+# The segmentation stage's two recipes (docs/deeplab.md). A flag given on the command line overrides its recipe value.
 SEG_RECIPES = {
     # ImageNet init, the SFC paper's setting, with the values the community settled on for it
     # (AdvCAM #9, ReCAM #16, CLIMS voc12_imagenet_pretrained.yaml / main_v2.py criterion_balance)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# SFC on PASCAL VOC 2012: the authors' pipeline (SPEC Part B) with this project's defaults (SPEC Part A):
+# SFC on PASCAL VOC 2012: the authors' pipeline with their defaults (docs/faithfulness.md):
 # SFC training, CAMs, CAM evaluation, IR labels, IRN, pseudo masks, pseudo-mask evaluation, then DeepLab-v2
-# trained on the pseudo masks and scored on VOC val (SPEC C). CAMs, IR labels, IRN and pseudo masks cover
+# trained on the pseudo masks and scored on VOC val (docs/deeplab.md). CAMs, IR labels, IRN and pseudo masks cover
 # train_aug (the masks DeepLab trains on); their evaluation uses VOC train (GT).
 # Edit the variables below; every hyperparameter is a flag of run_sample.py with the authors' default.
 # Re-running is safe: training resumes from its checkpoint, inference steps skip finished images.
@@ -61,7 +61,7 @@ SEM_SEG_BG_VALUE=0.25
 BETA=10
 EXP_TIMES=8                # T^256
 
-# --- segmentation model: DeepLab-v2 ResNet-101 on the pseudo masks (SPEC C; the paper's last stage) ---
+# --- segmentation model: DeepLab-v2 ResNet-101 on the pseudo masks (docs/deeplab.md; the paper's last stage) ---
 SEG_RECIPE=imagenet        # imagenet: the paper's ImageNet init | deeplab_coco: deeplab-pytorch voc12.yaml (pass SEG_INIT)
 SEG_INIT=${SEG_INIT:-imagenet}   # imagenet (torchvision resnet101 URL) | a .pth (deeplab-pytorch or torchvision layout) | none
 SEG_BATCH_SIZE=10

@@ -1,4 +1,5 @@
-"""MS COCO 2014 (SPEC A5, B9): the voc12 datasets with COCO's layout and its 80 classes (overrides, not a fork).
+"""MS COCO 2014 (docs/faithfulness §1, §9): the voc12 datasets with COCO's layout and its 80 classes
+(overrides, not a fork).
 
 Layout of --coco14_root: train2014/<id>.jpg, val2014/<id>.jpg, annotations/instances_{train,val}2014.json,
 and SegmentationClass/{train2014,val2014}/<id>.png written by `python -m coco14.make_cls_labels`. Ids are

@@ -1,4 +1,4 @@
-"""Prepare MS COCO 2014 for the pipeline (SPEC A5, B9), with pycocotools.
+"""Prepare MS COCO 2014 for the pipeline (docs/faithfulness §1, §9), with pycocotools.
 
     python -m coco14.make_cls_labels --coco14_root data/coco2014 --out_dir work/coco/meta
 

@@ -1,4 +1,4 @@
-"""The only reader and writer of artefacts under the work directory (SPEC A4).
+"""The only reader and writer of artefacts under the work directory (docs/pipeline.md).
 
 Layout (everything below --work_dir):
     meta/               image lists and cls_labels.npz built from the dataset (voc12.make_cls_labels)
@@ -100,7 +100,7 @@ def save_cam(path, keys, cam, proto_cam):
 
 
 def keys_from_label(label):
-    """keys = [0, present class ids...] from a (N_CAT,) multi-hot image label (SPEC B4 step 5)."""
+    """keys = [0, present class ids...] from a (N_CAT,) multi-hot image label (docs/faithfulness §4 step 5)."""
     return np.concatenate([[0], np.nonzero(np.asarray(label) > 0)[0] + 1]).astype(np.int64)
 
 

@@ -1,4 +1,4 @@
-"""Which dataset package a run uses: voc12 or coco14 expose the same names (STYLE 3.1)."""
+"""Which dataset package a run uses: voc12 or coco14 expose the same names (overrides, not forks)."""
 import importlib
 
 from misc.errors import BadInput

@@ -1,4 +1,4 @@
-"""Image Bank Re-sampling (SPEC B3.4, B3.5 steps 2-4): one slot per class, kept on the training device.
+"""Image Bank Re-sampling (docs/faithfulness §3.4, §3.5 steps 2-4): one slot per class, kept on the training device.
 
 Each slot holds the latest training crop that contains its class (image, one-channel crop mask, full
 multi-hot label); slots never filled hold zeros (all-zero image, mask and label), as in the authors' code.

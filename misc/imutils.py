@@ -1,4 +1,4 @@
-"""NumPy/PIL image operations with the authors' exact conventions (SPEC B1.4, B1.5)."""
+"""NumPy/PIL image operations with the authors' exact conventions (docs/faithfulness §1.4, §1.5)."""
 import numpy as np
 from PIL import Image
 
@@ -108,7 +108,7 @@ def overlay_heatmap(rgb, heat, alpha=0.5):
 
 def crf_inference_label(img, labels, n_labels, t=12, gt_prob=0.7, gauss_sxy=3, gauss_compat=3, bi_sxy=50,
                         bi_srgb=5, bi_compat=10):
-    """Dense CRF on a label map (SIPE/IRN imutils.crf_inference_label; SPEC B6): unary from labels with
+    """Dense CRF on a label map (SIPE/IRN imutils.crf_inference_label; docs/faithfulness §6): unary from labels with
     gt_prob, Gaussian and bilateral pairwise terms, t mean-field iterations -> argmax (H,W) int64."""
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_labels
@@ -127,7 +127,7 @@ def random_scale_factor(rng, low, high):
 
 
 def crf_inference_softmax(img, prob, t=10, pos_w=3, pos_xy_std=1, bi_w=4, bi_xy_std=67, bi_rgb_std=3):
-    """Dense CRF on class probabilities (deeplab-pytorch libs/utils/crf.py DenseCRF; SPEC C2): unary -log(prob)
+    """Dense CRF on class probabilities (deeplab-pytorch libs/utils/crf.py DenseCRF; docs/deeplab.md): unary -log(prob)
     (pydensecrf's unary_from_softmax), Gaussian (pos_xy_std, pos_w) and bilateral (bi_xy_std, bi_rgb_std,
     bi_w) terms on the uint8 image, t mean-field iterations -> Q (C,H,W) float32."""
     import pydensecrf.densecrf as dcrf

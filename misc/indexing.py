@@ -1,4 +1,4 @@
-"""PathIndex, IRN affinity labels and the random walk (SPEC B7.2, B7.3, B8.3).
+"""PathIndex, IRN affinity labels and the random walk (docs/faithfulness §7.2, §7.3, §8.3).
 
 The authors' random walk builds the dense n x n transition matrix T (n = pixels of the stride-4 map,
 552 MB for a 500x375 image) and squares it 8 times (O(n^3)). Here x T^256 is applied as 256 sparse
@@ -102,7 +102,7 @@ class _PathMax(torch.autograd.Function):
 
 
 def path_affinity(edge, path_indices):
-    """aff(d, s) = 1 - max of `edge` along the path of direction d from source s (SPEC B7.4, B8.3).
+    """aff(d, s) = 1 - max of `edge` along the path of direction d from source s (docs/faithfulness §7.4, §8.3).
     edge (n, H*W) or (n, 1, H, W); path_indices: list of LongTensors (n_dirs_g, L_g, n_src) -> (n, n_dirs, n_src)."""
     edge = edge.reshape(edge.shape[0], -1)
     return torch.cat([1 - _PathMax.apply(edge, ind) for ind in path_indices], dim=1)
@@ -136,7 +136,7 @@ def _walk_setup(edge, radius):
 
 def transition_matrix_sparse(edge, radius=5, beta=10):
     """T^T as a sparse CSR tensor (n x n, n = h*w): row j holds T_ij = A_ij^beta / sum_i' A_i'j^beta, where
-    A_ij = 1 - max edge on the path between pixels i and j within the radius, A_ii = 1 (SPEC B8.3)."""
+    A_ij = 1 - max edge on the path between pixels i and j within the radius, A_ii = 1 (docs/faithfulness §8.3)."""
     h, w = edge.shape[-2:]
     dev = edge.device
     _, aff = _walk_setup(edge, radius)

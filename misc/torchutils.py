@@ -152,7 +152,7 @@ class PolyOptimizer(torch.optim.SGD):
 
     The authors' PolyOptimizerSGD (SIPE/tool/torchutils.py:14) passes weight_decay positionally into
     SGD's momentum slot, so their effective momentum is 1e-4 and their "momentum=0.9" is the poly power
-    (SPEC B3.2). Both are explicit here; the defaults reproduce the authors.
+    (docs/faithfulness §3.2). Both are explicit here; the defaults reproduce the authors.
     With decay_every k > 1, g is rounded down to a multiple of k: deeplab-pytorch's PolynomialLR (step_size
     LR_DECAY = 10, scheduler.step(epoch=iteration) after each update) changes the rate every k updates.
     """

@@ -1,4 +1,4 @@
-"""Strict state-dict loading with errors that name the offending tensors (SPEC A3)."""
+"""Strict state-dict loading with errors that name the offending tensors (docs/faithfulness §2.8)."""
 import re
 
 import torch

@@ -1,4 +1,4 @@
-"""DeepLab-v2 as the WSSS community trains it on pseudo masks (SPEC C1; kazuto1011/deeplab-pytorch @ 4219467,
+"""DeepLab-v2 as the WSSS community trains it on pseudo masks (docs/deeplab.md; kazuto1011/deeplab-pytorch @ 4219467,
 `DeepLabV2_ResNet101_MSC`), with that repository's module names, so its state dicts (632 keys for 21
 classes) are ours: `base.layer1.conv1.conv.weight`, `base.layer2.block1.reduce.bn.running_var`, `base.aspp.c0.bias`.
 

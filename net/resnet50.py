@@ -1,4 +1,5 @@
-"""ResNet-50 with frozen-statistics BatchNorm and configurable strides (SPEC B2.1; IRN/SIPE/SFC resnet50.py).
+"""ResNet-50 with frozen-statistics BatchNorm and configurable strides (docs/faithfulness §2.1; IRN/SIPE/SFC
+resnet50.py).
 
 Attribute names (conv1, bn1, layer1..4, downsample.0/.1) match torchvision's, so the ImageNet file
 resnet50-19c8e357.pth loads strictly (minus fc). `width` scales every channel count for the demo and the
@@ -92,7 +93,8 @@ class ResNet(nn.Module):
 
 
 def resnet50(strides=(2, 2, 2, 1), dilations=(1, 1, 1, 1), width=64, weights='none'):
-    """weights: 'imagenet' (the torchvision URL, SPEC A3), a local .pth path, or 'none' (random init)."""
+    """weights: 'imagenet' (the torchvision URL, docs/faithfulness §2.1), a local .pth path, or 'none' (random
+    init)."""
     model = ResNet((3, 4, 6, 3), strides, dilations, width)
     if weights not in (None, 'none'):
         load_imagenet_weights(model, weights)

@@ -1,4 +1,5 @@
-"""IRN (SPEC B7.1): frozen ResNet-50 + class-boundary (edge) branch + displacement branch, GroupNorm heads.
+"""IRN (docs/faithfulness §7.1): frozen ResNet-50 + class-boundary (edge) branch + displacement branch, GroupNorm
+heads.
 
 `Net.forward` gives (edge logits, displacement) at stride 4; `irn_loss_maps` the four loss maps of
 training (B7.4); `EdgeDisplacement` the inference on an [image, flipped image] pair (B8.1), padded to
@@ -62,7 +63,7 @@ class Net(nn.Module):
         self.fc_dp6 = _head(12 * w, 4 * w, 16, 2)
         self.fc_dp7 = nn.Sequential(nn.Conv2d(7 * w, 4 * w, 1, bias=False), nn.GroupNorm(16, 4 * w), nn.ReLU(inplace=True),
                                     nn.Conv2d(4 * w, 2, 1, bias=False), MeanShift(2))
-        for p in self.resnet50.parameters():  # the backbone is never trained (SPEC B7.1)
+        for p in self.resnet50.parameters():  # the backbone is never trained (docs/faithfulness §7.1)
             p.requires_grad_(False)
 
     def edge_layers(self):
@@ -114,7 +115,7 @@ def pair_displacement(dp, search_dst, radius_floor):
 
 
 def irn_loss_maps(edge_out, dp_out, path_indices, search_dst, radius_floor, eps=LOG_EPS):
-    """The four loss maps of AffinityDisplacementLoss (SPEC B7.4):
+    """The four loss maps of AffinityDisplacementLoss (docs/faithfulness §7.4):
     pos = -log(aff + eps), neg = -log(1 + eps - aff) (n, dirs, src); dp_fg = |pair - d|, dp_bg = |pair| (n, 2, dirs, src)."""
     from misc.indexing import path_affinity
     aff = path_affinity(torch.sigmoid(edge_out), path_indices)
@@ -229,7 +230,7 @@ class EdgeDisplacement(Net):
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
-IGNORED = re.compile(r'^(path_indices\d+|disp_target)$')  # AffinityDisplacementLoss buffers (SPEC A3)
+IGNORED = re.compile(r'^(path_indices\d+|disp_target)$')  # AffinityDisplacementLoss buffers (docs/faithfulness §2.8)
 
 
 # the authors' aliases: stage1..5, backbone.0..4, edge_layers, dp_layers, mean_shift (SFC/network/resnet50_irn.py)

@@ -1,4 +1,4 @@
-"""The SFC network (SPEC B2): ResNet-50 CAM classifier + PCM refinement + prototype (IS) CAM.
+"""The SFC network (docs/faithfulness §2): ResNet-50 CAM classifier + PCM refinement + prototype (IS) CAM.
 
 `Net` is the training network (dict outputs), `CAM` the inference network on an [image, flipped image]
 pair. Attribute names (resnet50, side1..4, classifier, f9) are the authors', so their checkpoints load;
@@ -22,7 +22,7 @@ PCM_ITERS = 2  # two propagation steps (SFC/network/resnet50_SFC.py:43-44)
 
 @fp32
 def normalize_cam(logits, size=None, eps=EPS):
-    """relu, per-channel max-normalisation, background = 1 - max over classes, prepended (SPEC B2.4 step 4).
+    """relu, per-channel max-normalisation, background = 1 - max over classes, prepended (docs/faithfulness §2.4).
     logits (n,C-1,h,w) -> (n,C,h,w), resized bilinearly (align_corners=True) to `size` if given."""
     a = F.relu(logits)
     a = a / (a.amax(dim=(2, 3), keepdim=True) + eps)
@@ -35,7 +35,7 @@ def normalize_cam(logits, size=None, eps=EPS):
 
 @fp32
 def pcm_propagate(cam, g, eps=EPS, iters=PCM_ITERS):
-    """PCM after the f9 convolution (SPEC B2.5): cam (n,C,h,w), g (n,D,h,w) -> (n,C,h,w).
+    """PCM after the f9 convolution (docs/faithfulness §2.5): cam (n,C,h,w), g (n,D,h,w) -> (n,C,h,w).
 
     W_ij = relu(cos-like ĝ_i.ĝ_j) / (sum_i' S_i'j + eps), ĝ = g / (||g|| + eps); C'' = (C W) W.
     """
@@ -51,7 +51,7 @@ def pcm_propagate(cam, g, eps=EPS, iters=PCM_ITERS):
 
 
 def prototype_seeds(norm_cam, mask, bg_factor=PROTO_BG_FACTOR):
-    """one-hot(argmax_c P'_c) * mask with P'_0 = bg_factor * P_0 (SPEC B2.6 steps 1-2); ties -> first."""
+    """one-hot(argmax_c P'_c) * mask with P'_0 = bg_factor * P_0 (docs/faithfulness §2.6 steps 1-2); ties -> first."""
     p = norm_cam.detach().clone()
     p[:, 0] *= bg_factor
     winner = p.argmax(dim=1)
@@ -61,7 +61,7 @@ def prototype_seeds(norm_cam, mask, bg_factor=PROTO_BG_FACTOR):
 
 @fp32
 def prototype_cam(norm_cam, feature, mask, bg_factor=PROTO_BG_FACTOR, cos_eps=COS_EPS):
-    """The prototype (IS) CAM (SPEC B2.6): relu(cos(F(p), proto_c)), proto_c = sum_p S_c(p) F(p) / (h w).
+    """The prototype (IS) CAM (docs/faithfulness §2.6): relu(cos(F(p), proto_c)), proto_c = sum_p S_c(p) F(p) / (h w).
 
     norm_cam (n,C,h,w), feature (n,D,h,w), mask (n,C,h,w) or (n,C,1,1). Computed with matrix products:
     the authors' (n,C,D,h,w) intermediate (1.3 GB at batch 20) is never built. The cosine follows
@@ -105,7 +105,7 @@ class Net(nn.Module):
         self.classifier = nn.Conv2d(c4, num_cls - 1, 1, bias=False)
         self.f9 = nn.Conv2d(3 + c4, c4, 1, bias=False)
         # conv1/bn1 are frozen; layer1-2 never receive a gradient (stage2's output is detached and the
-        # side convs read detached features), so they run without autograd (SPEC B2.3).
+        # side convs read detached features), so they run without autograd (docs/faithfulness §2.3).
         r = self.resnet50
         for m in (r.conv1, r.bn1, r.layer1, r.layer2):
             for p in m.parameters():
@@ -153,7 +153,7 @@ class Net(nn.Module):
 
 
 class CAM(Net):
-    """Inference on x = [image, flipped image] (2,3,H,W) with label (C,) incl. background (SPEC B2.7).
+    """Inference on x = [image, flipped image] (2,3,H,W) with label (C,) incl. background (docs/faithfulness §2.7).
     Flip fusion by sums; no mask before PCM (absent classes stay active); prototype masked by the label.
     Returns (cam, proto_cam, raw_cam), each (C,h,w)."""
 
@@ -174,7 +174,7 @@ canonical_key = alias_mapper(0, {'newly_added': ['classifier', 'f9', 'side1', 's
 
 
 def load_sfc_weights(model, obj, source='checkpoint'):
-    """Load our checkpoints and the authors' ({'net': sd}, 966 keys) strictly (SPEC A3)."""
+    """Load our checkpoints and the authors' ({'net': sd}, 966 keys) strictly (docs/faithfulness §2.8)."""
     sd = strip_aliases(unwrap_state_dict(obj), canonical_key, source)
     w = sd.get('classifier.weight')
     if w is not None and w.shape[0] != model.num_cls - 1:

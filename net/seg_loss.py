@@ -1,4 +1,4 @@
-"""Losses of the segmentation stage (SPEC C2): cross-entropy on each MSC output against the labels resized to
+"""Losses of the segmentation stage (docs/deeplab.md): cross-entropy on each MSC output against the labels resized to
 that output, either plain (deeplab-pytorch: the mean over the pixels that are not 255) or balanced (CLIMS
 main_v2.py criterion_balance, what ImageNet-init users were told to use: the mean of the CE over background
 pixels and the CE over foreground pixels).

@@ -1,4 +1,4 @@
-"""SFC training losses (SPEC B3.6, B3.7) as pure functions."""
+"""SFC training losses (docs/faithfulness §3.6, §3.7) as pure functions."""
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -9,12 +9,13 @@ EPS = 1e-5  # max-normalisation of the prototype CAM (SFC/train_resnet50_SFC.py:
 
 
 def dc_offset(steps_per_epoch, bank_samples, n_classes):
-    """The count offset steps/epoch x bank images/step x 3 / classes (= 660*4*3/20 = 396 for VOC; SPEC A5)."""
+    """The count offset steps/epoch x bank images/step x 3 / classes (= 660*4*3/20 = 396 for VOC;
+    docs/faithfulness §3.7)."""
     return steps_per_epoch * bank_samples * 3 / n_classes
 
 
 def msdw_class_weights(counts, offset):
-    """MSDW per-class coefficients from per-class image counts N_c (SPEC A5, B3.7):
+    """MSDW per-class coefficients from per-class image counts N_c (docs/faithfulness §1, §3.7):
     ben_c = sum_c' |N_c - N_c'|; a_c = ben_c / (N_c + offset); a / mean(a). float32, in the counts' order."""
     n = np.asarray(counts, dtype=np.float64)
     ben = np.abs(n[:, None] - n[None, :]).sum(1)
@@ -36,7 +37,8 @@ def classification_loss(score_full, score_half, label):
 
 @fp32
 def gsc_loss(cam, proto_cam, weight, eps=EPS):
-    """L_PDW before its factor: mean over (n, every channel, h, w) of w_c |P - Q / (max_hw Q + eps)| (SPEC B3.6)."""
+    """L_PDW before its factor: mean over (n, every channel, h, w) of w_c |P - Q / (max_hw Q + eps)|
+    (docs/faithfulness §3.6)."""
     q = proto_cam / (proto_cam.amax(dim=(2, 3), keepdim=True) + eps)
     return (weight.view(1, -1, 1, 1) * (cam - q).abs()).mean()
 
@@ -44,7 +46,7 @@ def gsc_loss(cam, proto_cam, weight, eps=EPS):
 @fp32
 def cross_scale_loss(cam_full, cam_half, label_bg, weight):
     """L_WDW before its factor: mean over (n, classes 1.., h, w) of w_c |D(P1) y - P2 y|,
-    D = bilinear x0.5 with align_corners=True (SPEC B3.6)."""
+    D = bilinear x0.5 with align_corners=True (docs/faithfulness §3.6)."""
     down = F.interpolate(cam_full, scale_factor=0.5, mode='bilinear', align_corners=True)
     if down.shape[2:] != cam_half.shape[2:]:
         raise ValueError(f'half-scale CAM {tuple(cam_half.shape[2:])} does not match the downsampled '

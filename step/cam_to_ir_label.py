@@ -1,4 +1,5 @@
-"""cam_to_ir_label (SPEC B6): IRN training labels from the CAMs by two dense-CRF passes -> ir_label/<id>.png.
+"""cam_to_ir_label (docs/faithfulness §6): IRN training labels from the CAMs by two dense-CRF passes ->
+ir_label/<id>.png.
 
 1. F = cam + 0.7 proto_cam over the stored channels [0, present classes].
 2. Foreground pass: argmax F -> CRF -> fg_conf (class ids).

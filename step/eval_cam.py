@@ -1,4 +1,5 @@
-"""eval_cam (SPEC B5): CAM seeds vs pixel GT on --eval_list -> metrics/eval_cam.json and a per-class table.
+"""eval_cam (docs/faithfulness §5): CAM seeds vs pixel GT on --eval_list -> metrics/eval_cam.json and a per-class
+table.
 
 Prediction = keys[argmax over the stored channels] (ties -> background), with the CAM chosen by
 --cam_eval_source: proto_cam (the authors' IS_CAM, default), cam (PCM classifier CAM, IS_CAM1) or fused

@@ -1,4 +1,4 @@
-"""eval_seg (SPEC C2): the segmentation model's predictions vs GT on --seg_eval_list -> metrics/eval_seg.json.
+"""eval_seg (docs/deeplab.md): the segmentation model's predictions vs GT on --seg_eval_list -> metrics/eval_seg.json.
 
 Scores seg/ (after the CRF when make_seg ran with it) and, when make_seg wrote them, the predictions before the
 CRF (seg_nocrf/); prints one per-class table with both. GT 255 is ignored. This is the number the paper's main

@@ -1,4 +1,5 @@
-"""eval_sem_seg (SPEC B8.4): pseudo masks vs GT on --eval_list -> metrics/eval_sem_seg.json, per-class table.
+"""eval_sem_seg (docs/faithfulness §8.4): pseudo masks vs GT on --eval_list -> metrics/eval_sem_seg.json, per-class
+table.
 
 --eval_masks ir_label scores the CRF labels instead (the authors' final COCO masks, 255 counted as background).
 Also scores the IR labels of the same images when present: precision of the confident pixels (not 255),

@@ -1,4 +1,5 @@
-"""make_cam (SPEC B4): multi-scale + flip CAMs of every image of --infer_list -> cam/<id>.npz (SPEC A4).
+"""make_cam (docs/faithfulness §4): multi-scale + flip CAMs of every image of --infer_list -> cam/<id>.npz
+(docs/pipeline.md).
 
 Per image and scale the CAM network returns the PCM CAM and the prototype CAM (C,h_s,w_s); each kept
 channel is upsampled bilinearly (align_corners=False) to the image size, summed over scales, divided by

@@ -1,4 +1,4 @@
-"""make_seg (SPEC C2): the segmentation model's predictions on --seg_infer_list -> seg/<id>.png.
+"""make_seg (docs/deeplab.md): the segmentation model's predictions on --seg_infer_list -> seg/<id>.png.
 
 Per image (full size, batch 1): MSC max logits (plus, optionally, the average over --seg_test_scales and the
 flipped image), bilinear (align_corners=False) to the image size, softmax, argmax -> seg_nocrf/<id>.png; then
@@ -116,7 +116,7 @@ def _work(rank, indices, device, args):
 
 def export_voc_test(names, seg_dir, out_dir, n_classes):
     """results/VOC2012/Segmentation/comp6_test_cls/<id>.png (palette PNGs of the class ids, image size) and
-    results.tar.gz under out_dir, as the VOC evaluation server takes them (SPEC C3)."""
+    results.tar.gz under out_dir, as the VOC evaluation server takes them (docs/deeplab.md)."""
     folder = os.path.join(out_dir, *VOC_TEST_DIR)
     palette = voc_palette()
     for name in names:

@@ -1,4 +1,4 @@
-"""make_sem_seg (SPEC B8): pseudo masks by random walk on IRN boundaries -> sem_seg/<id>.png.
+"""make_sem_seg (docs/faithfulness §8): pseudo masks by random walk on IRN boundaries -> sem_seg/<id>.png.
 
 Per image: edge map of the [image, flipped] pair from the IRN network; F = cam + 0.3 proto_cam; G =
 bilinear(F -> stride-4 size)^1.3; walk 1 on the foreground channels of G, walk 2 on all channels of

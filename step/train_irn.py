@@ -1,4 +1,4 @@
-"""train_irn (SPEC B7): IRN's boundary and displacement branches on the IR labels -> ckpt/res50_irn.pth.
+"""train_irn (docs/faithfulness §7): IRN's boundary and displacement branches on the IR labels -> ckpt/res50_irn.pth.
 
 Frozen ResNet-50 (ImageNet weights, not the SFC classifier's), affinity labels from the IR labels reduced
 x0.25 on a radius-10 PathIndex, L = (L_pos + L_neg)/2 + (L_dp_fg + L_dp_bg)/2, PolyOptimizer with the
@@ -26,7 +26,7 @@ from net import resnet50 as resnet
 from net import resnet50_irn
 
 def affinity_labels_torch(reduced, src, dst, n_classes):
-    """bg_pos, fg_pos, neg (B, n_dirs, n_src) bool from reduced labels (B, h, w) (SPEC B7.2)."""
+    """bg_pos, fg_pos, neg (B, n_dirs, n_src) bool from reduced labels (B, h, w) (docs/faithfulness §7.2)."""
     flat = reduced.reshape(reduced.shape[0], -1)  # uint8: 8x smaller gathers than int64
     a = flat[:, src].unsqueeze(1)
     b = flat[:, dst.reshape(-1)].reshape(flat.shape[0], *dst.shape)
@@ -95,7 +95,7 @@ def run(args):
 
 def train_loop(args, model, optimizer, ds, inds, src, dst, path_index, step, max_step, save_state, resume_path,
                scalars, guard, scaler, device):
-    """Steps step..max_step (SPEC B7.3); returns the last step."""
+    """Steps step..max_step (docs/faithfulness §7.4); returns the last step."""
     B, crop, n_cls = args.irn_batch_size, args.irn_crop_size, num_classes(args)
     rank, world = distributed.rank(), distributed.world()
     distributed.split_batch(B, '--irn_batch_size')

@@ -1,4 +1,4 @@
-"""train_seg (SPEC C): DeepLab-v2 (ResNet-101, ASPP, MSC) trained on the pseudo masks -> ckpt/deeplab.pth.
+"""train_seg (docs/deeplab.md): DeepLab-v2 (ResNet-101, ASPP, MSC) trained on the pseudo masks -> ckpt/deeplab.pth.
 
 Reads the masks in --seg_label_dir (sem_seg/ by default; ir_label/ for the COCO recipe, 255 ignored), never
 the GT. Per update: --seg_iter_size accumulation steps of --seg_batch_size random crops; on each MSC output

@@ -1,4 +1,4 @@
-"""SFC training (SPEC B3): ResNet-50 CAM classifier with Image Bank Re-sampling and the MSDW loss.
+"""SFC training (docs/faithfulness §3): ResNet-50 CAM classifier with Image Bank Re-sampling and the MSDW loss.
 
 Per step: a batch of B crops plus `sfc_bank_samples` bank images (B+4 = 20 for VOC); a second forward
 at half scale; L = L_cls + 1.6 L_PDW + 0.8 L_WDW; global grad-norm clip 1.0; PolyOptimizer with the
@@ -42,7 +42,7 @@ def stride_masks(valid, label, size):
 
 
 def sfc_step_gradients(model, img, valid, label, w_ch, args, s1, s2, optimizer, scaler=None, n_total=None):
-    """Gradients of L = L_cls + 1.6 L_PDW + 0.8 L_WDW for the batch (SPEC B3.5 steps 5-8), computed in
+    """Gradients of L = L_cls + 1.6 L_PDW + 0.8 L_WDW for the batch (docs/faithfulness §3.5 steps 5-8), computed in
     micro-batches of --sfc_micro_batch images: every loss is a mean over the batch and every operation
     per-sample (frozen BN, PCM, prototype), so each chunk contributes its mean x (chunk size / batch size)
     and the accumulated gradient is the whole batch's. Under --amp the network runs in autocast and the
@@ -98,7 +98,7 @@ def build_model(args, device):
 
 
 def validate(model, dataset, device, eps=1e-5, amp='none'):
-    """Scores (misc.metrics) of the PCM CAM and the prototype CAM on full images with GT (SPEC B3.9)."""
+    """Scores (misc.metrics) of the PCM CAM and the prototype CAM on full images with GT (docs/faithfulness §3.9)."""
     ds_mod = get_dataset(dataset.layout.name)
     n_cls = dataset.layout.n_cat() + 1
     confs = {'cam': ConfusionMatrix(n_cls), 'proto_cam': ConfusionMatrix(n_cls)}
@@ -218,7 +218,7 @@ def run(args):
 
 def train_loop(args, model, optimizer, train_ds, bank, bank_gen, w_ch, val_ds, start, max_step, best, save_state,
                resume_path, scalars, guard, scaler, device):
-    """Steps start..max_step (SPEC B3.5); returns (last step, best-on-GT record)."""
+    """Steps start..max_step (docs/faithfulness §3.5); returns (last step, best-on-GT record)."""
     B, crop, ckpt = args.sfc_batch_size, args.sfc_crop_size, args.ckpt_dir
     rank, world, main = distributed.rank(), distributed.world(), distributed.is_main()
     n_total = B + (args.sfc_bank_samples if bank is not None else 0)

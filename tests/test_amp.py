@@ -1,4 +1,4 @@
-"""Mixed precision, channels-last and the training input pipeline (issue 10)."""
+"""Mixed precision, channels-last and the training input pipeline."""
 import json
 import os
 

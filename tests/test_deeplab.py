@@ -1,4 +1,4 @@
-"""The segmentation stage (issue 9): DeepLab-v2 against deeplab-pytorch's outputs, its init weights, losses,
+"""The segmentation stage: DeepLab-v2 against deeplab-pytorch's outputs, its init weights, losses,
 learning-rate groups, data augmentation, the VOC test-server export, and train_seg -> make_seg -> eval_seg."""
 import json
 import math

@@ -1,4 +1,4 @@
-"""Several processes under torchrun (gloo on CPU) give what one process gives (issue 11).
+"""Several processes under torchrun (gloo on CPU) give what one process gives.
 
 Training: the first update of SFC (with the image bank), IRN and DeepLab equals the one-process update bit for
 bit (each micro-batch's gradient is the same, and the two ranks' halves are added in one addition either way);

@@ -122,7 +122,8 @@ def test_flip_fusion_is_sum_of_image_and_flipped_flip():
 
 
 def authors_state_dict(net):
-    """Our tensors under the authors' 966 key names (SPEC B2.8): canonical + stage* + backbone.* + newly_added.*"""
+    """Our tensors under the authors' 966 key names (docs/faithfulness §2.8): canonical + stage* + backbone.* +
+    newly_added.*"""
     sd = dict(net.state_dict())
     out = dict(sd)
     for k, v in sd.items():

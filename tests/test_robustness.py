@@ -1,4 +1,4 @@
-"""Failure modes of issue 5 through the command line: out of memory, renamed checkpoint keys, a non-finite
+"""Failure modes through the command line: out of memory, renamed checkpoint keys, a non-finite
 loss, CAM files that disagree with the labels. Each error must name the item and what to do."""
 import os
 import shutil

@@ -5,7 +5,7 @@ import torch
 from net import sfc_loss
 from voc12.dataloader import CAT_LIST
 
-# SPEC B1.3: train_aug per-class image counts; B3.7: the authors' per-class weights
+# docs/faithfulness §1.3: train_aug per-class image counts; §3.7: the authors' per-class weights
 COUNTS = {'person': 4155, 'chair': 1228, 'dog': 1188, 'car': 1150, 'cat': 1005, 'bottle': 714, 'bird': 705,
           'sofa': 649, 'diningtable': 613, 'aeroplane': 590, 'tvmonitor': 567, 'pottedplant': 522, 'bicycle': 504,
           'train': 503, 'motorbike': 492, 'boat': 468, 'horse': 445, 'bus': 393, 'sheep': 300, 'cow': 267}

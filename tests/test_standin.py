@@ -1,4 +1,4 @@
-"""The ImageNet stand-in (issue 12): committed weights load through the ImageNet route strictly, the command that
+"""The ImageNet stand-in: committed weights load through the ImageNet route strictly, the command that
 made them reproduces its first steps, and the ablation runner works end to end."""
 import hashlib
 import json
@@ -85,14 +85,29 @@ def flag_dict(tokens):
 
 
 def test_demo_recipe_and_ablation_defaults_agree():
-    """The ablation's default rows train SFC exactly as run_demo.sh does."""
+    """The ablation's default rows train SFC exactly as run_demo.sh does (and its quick recipe as --quick), on the same
+    generated data."""
     text = open(os.path.join(ROOT, 'run_demo.sh')).read().replace('$STANDIN', 'weights/standin')
+    main, quick = text.split('if [ "$QUICK" = True ]; then')[0], text.split('if [ "$QUICK" = True ]; then')[1]
+    quick = quick[:quick.index('\nfi\n')]
+
+    def values(part):
+        env = {m.group(1): m.group(2).strip('"') for m in re.finditer(r'([A-Z_]+)=("[^"]*"|[^\s;]+)', part)}
+        return {k: (re.fullmatch(r'\$\{\w+:-(.*)\}', v).group(1) if v.startswith('${') else v) for k, v in env.items()}
+    env_main = values(main)
     block = text[text.index('# 1. SFC'):text.index('--train_sfc_pass True')]
-    demo = flag_dict(shlex.split(' '.join(line.rstrip('\\') for line in block.splitlines()[1:])))
-    common = flag_dict(shlex.split(re.search(r'COMMON=\((.*?)\)', text, re.S).group(1).replace('\\\n', ' ')))
-    demo.update({k: v for k, v in common.items() if k.startswith('--backbone')})
-    ours = flag_dict(ablation.DEMO_SFC_FLAGS)
-    assert {k: v for k, v in demo.items() if k in ours} == ours
+    for recipe, env in (('demo', env_main), ('quick', {**env_main, **values(quick)})):
+        line = re.sub(r'"?\$\{?(\w+)\}?"?', lambda m: env.get(m.group(1), m.group(0)),
+                      ' '.join(x.rstrip('\\') for x in block.splitlines()[1:]))
+        demo = flag_dict(shlex.split(line))
+        common = flag_dict(shlex.split(re.search(r'COMMON=\((.*?)\)', text, re.S).group(1).replace('\\\n', ' ')))
+        demo.update({k: v for k, v in common.items() if k.startswith('--backbone')})
+        flags, data = ablation.RECIPES[recipe]
+        ours = flag_dict(flags)
+        assert set(ours) <= set(demo) and {k: v for k, v in demo.items() if k in ours} == ours, recipe
+        lo, hi = env['SIZE'].split()
+        assert (data['min_size'], data['max_size'], data['n_train'], data['n_val'], data['n_aug']) == \
+            (int(lo), int(hi), int(env['N_TRAIN']), int(env['N_VAL']), int(env['N_AUG'])), recipe
 
 
 def test_ablation_runner_end_to_end(tiny_voc, tmp_path, capsys):

@@ -11,7 +11,7 @@ def test_poly_lr_curve():
                          {'params': [q], 'lr': 1.0, 'weight_decay': 1e-4}], lr=0.1, weight_decay=1e-4, max_step=3966)
     assert opt.lr_at(0) == [0.1, 1.0]
     assert opt.lr_at(10)[0] == pytest.approx(0.1 * (1 - 10 / 3966) ** 0.9)
-    assert round(opt.lr_at(10)[0], 4) == 0.0998  # SPEC B12: lr printed at step 10
+    assert round(opt.lr_at(10)[0], 4) == 0.0998  # the authors: lr printed at step 10 = 0.0998
     assert opt.param_groups[0]['momentum'] == 1e-4 and opt.param_groups[1]['momentum'] == 1e-4
 
 

@@ -1,6 +1,7 @@
 """The paper's ablation of SFC (Table 3), one command: train each variant, make and score its CAMs, one table.
 
-    bash run_ablation.sh                                   # the demo data at demo size, seed 10 (about 30 min)
+    bash run_ablation.sh                                   # the demo data at demo size, seed 10 (about 15 min)
+    python -m tools.ablation --recipe quick                # run_demo.sh --quick's data and sizes (about 6 min)
     python -m tools.ablation --seeds 10 11 12 --rows plain sfc
     python -m tools.ablation --voc12_root DATA --meta_dir META --work_dir work/abl --recipe none -- \\
         --backbone_weights imagenet --sfc_num_epoches 6            # real data: your own flags after --
@@ -44,11 +45,18 @@ ROWS = {  # name: (label, IBR, L_PDW, L_WDW, DC weights)
     'wdw': ('L_WDW alone (DC weights)', False, False, True, True),
 }
 SOURCES = ('cam', 'proto_cam', 'fused')
-# The demo's SFC recipe (run_demo.sh step 1; a test keeps the two equal): the stand-in backbone, demo size.
-DEMO_SFC_FLAGS = ['--backbone_weights', 'weights/standin/resnet50_w8.pth', '--backbone_width', '8',
-                  '--sfc_crop_size', '96', '--sfc_batch_size', '16', '--sfc_num_epoches', '8', '--sfc_lr', '0.1',
-                  '--sfc_momentum', '0.9', '--sfc_dc_offset', 'auto', '--sfc_select_on_gt', 'False']
-DEMO_DATA = dict(n_train=200, n_val=100, n_aug=1000, seed=0)  # run_demo.sh's voc12.synthetic call
+# The demo's SFC recipe (run_demo.sh step 1; a test keeps them equal): the stand-in backbone, the demo's sizes. 'demo'
+# is the demo (images of 160-240 px); 'quick' is run_demo.sh --quick (72-136 px).
+_COMMON_SFC = ['--backbone_weights', 'weights/standin/resnet50_w8.pth', '--backbone_width', '8',
+               '--sfc_batch_size', '16', '--sfc_lr', '0.1', '--sfc_momentum', '0.9', '--sfc_dc_offset', 'auto',
+               '--sfc_select_on_gt', 'False']
+RECIPES = {
+    'demo': (_COMMON_SFC + ['--sfc_crop_size', '192', '--sfc_num_epoches', '6'],
+             dict(n_train=200, n_val=100, n_aug=1000, seed=0, min_size=160, max_size=240)),
+    'quick': (_COMMON_SFC + ['--sfc_crop_size', '96', '--sfc_num_epoches', '8'],
+              dict(n_train=200, n_val=100, n_aug=1000, seed=0, min_size=72, max_size=136)),
+}
+DEMO_SFC_FLAGS, DEMO_DATA = RECIPES['demo']
 
 
 def row_flags(name):
@@ -76,7 +84,7 @@ def run_one(a, row, seed, extra):
             '--num_workers', str(a.num_workers), '--train_list', os.path.join(meta, a.train_list),
             '--infer_list', os.path.join(meta, a.eval_list), '--eval_list', os.path.join(meta, a.eval_list),
             '--cls_labels', os.path.join(meta, 'cls_labels.npz'), '--cam_eval_source', *SOURCES,
-            *(DEMO_SFC_FLAGS if a.recipe == 'demo' else []), *row_flags(row), *extra,
+            *(RECIPES[a.recipe][0] if a.recipe in RECIPES else []), *row_flags(row), *extra,
             '--train_sfc_pass', 'True', '--make_cam_pass', 'True', '--eval_cam_pass', 'True']
     print(f'[ablation] {row} seed {seed}: {ROWS[row][0]} -> {work}')
     t0 = time.time()
@@ -127,7 +135,7 @@ def ensure_demo_data(a):
     from voc12.synthetic import make_synthetic_voc
     root = os.path.join(a.work_dir, 'VOC2012')
     if not os.path.isfile(os.path.join(root, 'ImageSets', 'Segmentation', 'val.txt')):
-        make_synthetic_voc(root, **DEMO_DATA)
+        make_synthetic_voc(root, **RECIPES.get(getattr(a, 'recipe', 'demo'), RECIPES['demo'])[1])
     meta = os.path.join(a.work_dir, 'meta')
     if not os.path.isfile(os.path.join(meta, 'cls_labels.npz')):
         build(root, meta)
@@ -143,8 +151,9 @@ def get_parser():
     p.add_argument('--work_dir', default='work/ablation')
     p.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
     p.add_argument('--seeds', nargs='+', default=[10], type=int)
-    p.add_argument('--recipe', default='demo', choices=('demo', 'none'),
-                   help="demo: the demo's SFC flags (stand-in backbone, width 8, crop 96); none: only your flags")
+    p.add_argument('--recipe', default='demo', choices=('demo', 'quick', 'none'),
+                   help="demo: the demo's SFC flags (stand-in backbone, width 8, crop 192) and data; quick: "
+                        "run_demo.sh --quick's (crop 96, 72-136 px); none: only your flags")
     p.add_argument('--head_tail_source', default='cam', choices=SOURCES, help='CAM the head/tail columns score')
     p.add_argument('--device', default='auto')
     p.add_argument('--num_workers', default=1, type=int)

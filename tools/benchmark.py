@@ -126,10 +126,10 @@ def stage_train_step(a):
 
 
 def authors_prototype(norm_cam, feature, mask, bg_factor=None, cos_eps=None):
-    """The prototype CAM as the authors compute it (SPEC B2.6): the masked features materialised as (n, C, D, h, w),
-    pooled, and a broadcast cosine over (n, C, D, h, w). Tested against the authors' outputs (the prototype fixture),
-    as net.resnet50_sfc.prototype_cam is; used to time the authors' make_cam and as tools/cam_fidelity.py's
-    reference."""
+    """The prototype CAM as the authors compute it (docs/faithfulness §2.6): the masked features materialised as
+    (n, C, D, h, w), pooled, and a broadcast cosine over (n, C, D, h, w). Tested against the authors' outputs (the
+    prototype fixture), as net.resnet50_sfc.prototype_cam is; used to time the authors' make_cam and as
+    tools/cam_fidelity.py's reference."""
     import torch.nn.functional as F
     from net.resnet50_sfc import COS_EPS, PROTO_BG_FACTOR, prototype_seeds
     bg_factor = PROTO_BG_FACTOR if bg_factor is None else bg_factor

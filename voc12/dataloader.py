@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 datasets (SPEC B1). Nothing is read at import time; every path comes from the caller.
+"""PASCAL VOC 2012 datasets (docs/faithfulness §1). Nothing is read at import time; every path comes from the caller.
 
 Datasets differ only in their `layout` (folders, extensions, class names); coco14 overrides it.
 Samples are dicts: name, img, label (N_CAT,) float32 multi-hot (index k <-> class id k+1), and per dataset
@@ -164,12 +164,12 @@ class _Labelled(ImageDataset):
             raise BadInput(f'{cls_labels_path} has {self.labels.shape[1]} classes, {self.layout.name} has {n_cat}')
 
     def class_counts(self):
-        """Images per class over this list (SPEC A5: the MSDW weights come from these)."""
+        """Images per class over this list (docs/faithfulness §1: the MSDW weights come from these)."""
         return self.labels.sum(0).astype(np.int64)
 
 
 class ClassificationDataset(_Epoched, _Labelled):
-    """SFC training samples (SPEC B1.4): optional random resize-long and flip, random crop.
+    """SFC training samples (docs/faithfulness §1.4): optional random resize-long and flip, random crop.
 
     The crop's valid mask is stored once (crop, crop) uint8, not as 21 float copies; the training step
     expands it to bg + class channels at stride 16. Randomness comes from a generator seeded by
@@ -207,7 +207,7 @@ class ClassificationDataset(_Epoched, _Labelled):
 
 
 class ClassificationDatasetMSF(_Labelled):
-    """Multi-scale + flip inference samples (SPEC B1.5): img is a list over scales of (2,3,h_s,w_s)
+    """Multi-scale + flip inference samples (docs/faithfulness §1.5): img is a list over scales of (2,3,h_s,w_s)
     [image, image flipped along width]; scale 1 uses the original pixels, others PIL bicubic."""
 
     def __init__(self, img_name_list_path, root, cls_labels_path, scales=(1.0,)):
@@ -231,7 +231,7 @@ def multiscale_flip(img, scales):
 
 
 class AffinityDataset(_Epoched, ImageDataset):
-    """IRN training samples (SPEC B7.2): image + IR label (ir_label/<id>.png), random rescale in
+    """IRN training samples (docs/faithfulness §7.2): image + IR label (ir_label/<id>.png), random rescale in
     [rescale[0], rescale[1]) (image bicubic, label nearest), normalise, joint flip, joint random crop
     (image pad 0, label pad 255); the label is then reduced x0.25 (PIL nearest). Affinity labels are built
     from the reduced label by the training step (on the device), not shipped as 3 x 152 x 13 090 floats."""
@@ -280,7 +280,7 @@ def load_gt(root, name, layout=VOC12Layout):
 
 
 class SegmentationDataset(_Epoched, ImageDataset):
-    """DeepLab training samples from pseudo masks (SPEC C2; deeplab-pytorch libs/datasets/base.py): image and
+    """DeepLab training samples from pseudo masks (docs/deeplab.md; deeplab-pytorch libs/datasets/base.py): image and
     mask (`label_dir/<id>.png`, 0..C-1 and 255 = ignore) scaled by a random factor (a choice of `scales`, or
     uniform in [min, max] with scale_mode 'uniform'; sizes int(h*s), int(w*s)), image bilinear (cv2), mask
     nearest (PIL); both padded at the bottom/right to the crop (image with its mean, i.e. 0 after

@@ -1,4 +1,4 @@
-"""Build the image lists and image-level labels of a VOC-format root (SPEC A5, B1.3).
+"""Build the image lists and image-level labels of a VOC-format root (docs/faithfulness §1, §1.3).
 
     python -m voc12.make_cls_labels --voc12_root VOCdevkit/VOC2012 --out_dir work/voc/meta
 

@@ -23,7 +23,7 @@ from misc.errors import BadInput
 from misc.imutils import voc_palette
 from voc12.dataloader import CAT_LIST, save_img_name_list
 
-# presence probability of each class (CAT_LIST order), long-tailed like VOC train_aug (SPEC B1.3)
+# presence probability of each class (CAT_LIST order), long-tailed like VOC train_aug (docs/faithfulness §1.3)
 PRESENCE = {'person': 0.34, 'chair': 0.11, 'dog': 0.10, 'car': 0.10, 'cat': 0.09, 'bottle': 0.07,
             'bird': 0.07, 'sofa': 0.06, 'diningtable': 0.05, 'aeroplane': 0.06, 'tvmonitor': 0.05,
             'pottedplant': 0.05, 'bicycle': 0.045, 'train': 0.045, 'motorbike': 0.05, 'boat': 0.04,
