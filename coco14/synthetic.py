@@ -109,8 +109,10 @@ def main(argv=None):
     p.add_argument('--n_val', default=20, type=int)
     p.add_argument('--seed', default=0, type=int)
     p.add_argument('--n_classes', default=12, type=int)
+    p.add_argument('--min_size', default=64, type=int)
+    p.add_argument('--max_size', default=120, type=int)
     a = p.parse_args(argv)
-    ids = make_synthetic_coco(a.out_root, a.n_train, a.n_val, a.seed, n_classes=a.n_classes)
+    ids = make_synthetic_coco(a.out_root, a.n_train, a.n_val, a.seed, a.min_size, a.max_size, a.n_classes)
     print(f'synthetic COCO at {a.out_root}: ' + ', '.join(f'{k} {len(v)}' for k, v in ids.items()))
 
 

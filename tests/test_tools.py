@@ -54,3 +54,25 @@ def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
     assert p.returncode != 0 and 'no CUDA device: this check needs a GPU' in p.stderr
     assert (tmp_path / 'out').is_dir() and (tmp_path / 'work').is_dir()
     assert not (tmp_path / 'out' / 'benchmark.json').exists()
+
+
+def test_full_plan_stand_ins_have_the_real_shape(tmp_path, monkeypatch):
+    """tools/full_plan.py's stand-ins: the list sizes it is given, every id linked to a real image and GT mask, and
+    image-level labels for every id (scaled down here; the real sizes are the module's SIZES)."""
+    import numpy as np
+    from PIL import Image
+
+    from tools import full_plan
+    monkeypatch.setitem(full_plan.SIZES, 'voc', {'train_aug': 7, 'train': 3, 'val': 4})
+    monkeypatch.setitem(full_plan.SIZES, 'coco', {'train2014': 5, 'val2014': 2})
+    root, meta = full_plan.stand_in('voc', str(tmp_path / 'voc'), n_base=2)
+    lists = {s: open(os.path.join(meta, s + '.txt')).read().split() for s in ('train_aug', 'train', 'val')}
+    assert [len(lists[s]) for s in ('train_aug', 'train', 'val')] == [7, 3, 4] and set(lists['train']) <= set(lists['train_aug'])
+    with Image.open(os.path.join(root, 'JPEGImages', lists['val'][0] + '.jpg')) as im:
+        assert sorted(im.size) == [375, 500]
+    z = np.load(os.path.join(meta, 'cls_labels.npz'))
+    assert len(z['names']) == 11 and z['labels'].shape == (11, 20) and z['labels'].sum(1).min() >= 1
+    root, meta = full_plan.stand_in('coco', str(tmp_path / 'coco'), n_base=2)
+    names = open(os.path.join(meta, 'train2014.txt')).read().split()
+    assert len(names) == 5 and os.path.isfile(os.path.join(root, 'SegmentationClass', 'train2014', names[4] + '.png'))
+    assert np.load(os.path.join(meta, 'cls_labels.npz'))['labels'].shape == (7, 80)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The first GPU run, within 10 minutes on an H100/H200-class GPU (limits 300 + 80 + 60 + 2 x 55 s), telling what a
-# full run needs to know:
+# The first GPU run, within 10 minutes on an H100/H200-class GPU (limits 260 + 80 + 60 + 90 + 2 x 50 s), telling what
+# a full run needs to know:
 #   0. summary.txt: torch, CUDA, cuDNN, the GPU's name, compute capability, memory and bf16 support, the cores, and
 #      whether pydensecrf imports;
 #   1. tools/benchmark.py --device cuda: time, images/s and peak GPU memory (torch.cuda.max_memory_allocated) of
@@ -8,12 +8,13 @@
 #      CUDA default), each run in its own process under its own time limit (tools/benchmark.py GPU_LIMITS);
 #   2. the SFC step and make_cam again in NCHW (is channels-last, the CUDA default, faster?);
 #   3. make_seg's CRF beside the GPU with 1 and 8 CRF processes (images/s of the CPU side);
-#   4. tools/amp_check.py on generated data: CAM labels of float32 against bf16 / fp16 (>= 99.9 % agreement), eval_cam
+#   4. tools/full_plan.py: run_voc.sh and run_coco.sh --plan True at full size on this GPU (the time of a full run);
+#   5. tools/amp_check.py on generated data: CAM labels of float32 against bf16 / fp16 (>= 99.9 % agreement), eval_cam
 #      mIoU within 0.1 point, and 200 SFC training steps of the demo recipe in both precisions.
 # A part that fails is reported with its exit status and the last lines of its stderr (summary.txt and its own
 # report), a part that passes its time limit as such; the other parts still run.
-# Reports (8 files: summary.txt, benchmark.json/.txt, benchmark_nchw.json/.txt, benchmark_crf.txt, amp_bf16.txt,
-# amp_fp16.txt) go to $OUT (default $WORK); checkpoints, CAMs, amp_check's JSON and the data to $WORK.
+# Reports (7 files: summary.txt, benchmark.txt, benchmark_nchw.txt, benchmark_crf.txt, plan.txt, amp_bf16.txt,
+# amp_fp16.txt) go to $OUT (default $WORK); the JSON of each report, checkpoints, CAMs and the data to $WORK.
 # Usage: bash tools/gpu_check.sh                       (the CUDA build of torch must be in the environment)
 #        PYTHON=python3 bash tools/gpu_check.sh        (an interpreter that already holds torch etc., as it is: e.g. a
 #                                                       machine without internet; without pydensecrf the CRF parts
@@ -51,15 +52,16 @@ part() {
 }
 
 # every stage in its own process under its own limit (benchmark.py GPU_LIMITS): 6 stages x 4 precisions + 1
-part benchmark 300 "$OUT/benchmark.txt" "$PY" tools/benchmark.py --device cuda --amp none tf32 bf16 fp16 --repeats 2 \
-  --stages train_step make_cam train_irn_step make_sem_seg train_seg_step make_seg --json "$OUT/benchmark.json"
+part benchmark 260 "$OUT/benchmark.txt" "$PY" tools/benchmark.py --device cuda --amp none tf32 bf16 fp16 --repeats 2 \
+  --stages train_step make_cam train_irn_step make_sem_seg train_seg_step make_seg --json "$WORK/benchmark.json"
 part benchmark_nchw 80 "$OUT/benchmark_nchw.txt" "$PY" tools/benchmark.py --device cuda --amp none bf16 --repeats 2 \
-  --channels_last False --stages train_step make_cam --json "$OUT/benchmark_nchw.json"
+  --channels_last False --stages train_step make_cam --json "$WORK/benchmark_nchw.json"
 part benchmark_crf 60 "$OUT/benchmark_crf.txt" "$PY" tools/benchmark.py --device cuda --repeats 1 \
   --stages make_seg_crf --crf_workers 1 8 --crf_images 24
+part plan 90 "$OUT/plan.txt" "$PY" -m tools.full_plan --device cuda --data_dir "$WORK/full_plan"
 for amp in bf16 fp16; do
   # one work dir for both: the float32 run (training curve, checkpoint) is made once and shared
-  part "amp_$amp" 55 "$OUT/amp_$amp.txt" "$PY" -m tools.amp_check --device cuda --amp "$amp" --steps 200 \
+  part "amp_$amp" 50 "$OUT/amp_$amp.txt" "$PY" -m tools.amp_check --device cuda --amp "$amp" --steps 200 \
     --num_workers 4 --work_dir "$WORK/amp" --data_dir "$WORK/data"
   mv "$WORK/amp/amp_check.json" "$WORK/amp_$amp.json" 2>/dev/null || true
 done

@@ -10,6 +10,8 @@ A set is NAME:VARIANT:DATA_SEED (voc12.synthetic's variant and seed); the names 
     a      a, data seed 0   the demo's own set, held out from the tuning
     b      b, data seed 0   another long tail, other head/tail pairs and appearances
     c      c, data seed 0   textured, shaded, larger objects on backgrounds in their colours, partial occlusion
+    coco   run_coco.sh at the demo's scale on a generated COCO-format set (20 classes, 1 000 train2014 and 200 val2014
+           images of 160-240 px): CAMs and CRF labels scored on train2014, DeepLab on val2014
 Each run lives in <work_dir>/<set>_s<seed>/ (a finished run is reused: delete its folder to redo it). Extra
 environment for run_demo.sh (a setting to try on the tuning set, e.g. EXP_TIMES=5) goes after --, as NAME=VALUE.
 Writes <work_dir>/stage_study.json and prints one table per set and one of every run.
@@ -37,7 +39,11 @@ if ROOT not in sys.path:
 from misc import stages  # noqa: E402
 from misc.pyutils import format_seconds, format_table  # noqa: E402
 
-SETS = {'tune': ('a', 1), 'a': ('a', 0), 'b': ('b', 0), 'c': ('c', 0)}
+SETS = {'tune': ('a', 1), 'a': ('a', 0), 'b': ('b', 0), 'c': ('c', 0), 'coco': ('coco', 0)}
+# run_coco.sh at the demo's scale: the demo's miniature settings (run_demo.sh), the stand-in weights, no pictures
+COCO_DEMO = ['--backbone_width', '8', '--sfc_crop_size', '192', '--sfc_num_epoches', 'SFC_EPOCHS', '--sfc_momentum',
+             'SFC_MOMENTUM', '--seg_crop_size', '129', '--seg_iters', 'SEG_ITERS', '--seg_lr', 'SEG_LR',
+             '--cam_vis_count', '0', '--run_log', 'True']
 KEYS = ('cam', 'crf_labels', 'irn_masks', 'deeplab_crf', 'deeplab_nocrf')
 
 
@@ -57,6 +63,17 @@ def run_one(work, variant, data_seed, seed, quick, env_extra):
     env = dict(os.environ, SEED=str(seed), DATA_SEED=str(data_seed), **env_extra)
     t0 = time.time()
     cmd = ['bash', os.path.join(ROOT, 'run_demo.sh'), work, '--variant', variant] + (['--quick'] if quick else [])
+    if variant == 'coco':
+        root = os.path.join(work, 'coco2014')
+        if not os.path.isdir(os.path.join(root, 'annotations')):
+            subprocess.run([sys.executable, '-m', 'coco14.synthetic', '--out_root', root, '--n_train', '1000',
+                            '--n_val', '200', '--seed', str(data_seed), '--n_classes', '20', '--min_size', '160',
+                            '--max_size', '240'], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        env.update(COCO14_ROOT=root, WORK_DIR=work, DEVICE='cpu', NUM_WORKERS='2', VIS_IMAGES='0',
+                   BACKBONE_WEIGHTS=os.path.join(ROOT, 'weights', 'standin', 'resnet50_w8.pth'),
+                   SEG_INIT=os.path.join(ROOT, 'weights', 'standin', 'resnet101_w8.pth'))
+        flags = [env_extra.get(f, demo_setting(f)) if f.isupper() else f for f in COCO_DEMO]
+        cmd = ['bash', os.path.join(ROOT, 'run_coco.sh'), *flags, '--seed', str(seed)]
     with open(os.path.join(os.path.dirname(work), os.path.basename(work) + '.log'), 'w') as log:
         subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
     return time.time() - t0
