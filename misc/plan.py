@@ -4,9 +4,12 @@ network width, device, precision and layout (tools/benchmark.py's stages, run in
 wall time for the processes (torchrun ranks) and workers of the run. Writes nothing: it only prints its report.
 
 On a CPU the training stages are measured on a few images and scaled to the batch (the cost per image is close to
-constant there); on a GPU on the whole batch. Data loading is timed on a few real samples of the run's lists and
-counted where it is slower than the network (its workers run beside it). Fixed costs (starting a step, building
-its network) are counted as a few seconds per step.
+constant there); on a GPU on the whole batch. Inference stages are measured on a real image of the median size and
+scaled to the mean over the list's sizes (make_cam, whose PCM is quadratic in the pixels, through a second
+measurement at the largest size). Data loading is timed on a few real samples of the run's lists: on a GPU it
+counts where it is slower than the network (its workers run beside it), on the CPU it is added (its workers share
+the cores with the network). Fixed costs (starting a step, building its network) are counted as a few seconds per
+step. On a shared machine, the step times themselves vary by 10-30 % from run to run.
 """
 import argparse
 import os
@@ -18,11 +21,13 @@ from misc import distributed
 from misc.pyutils import format_seconds, format_table
 
 STEP_OVERHEAD_S = 2.0  # building a step's network and lists, writing its summary: measured 1-3 s on the demo
+EVAL_OVERHEAD_S = 0.5  # an evaluation step builds no network: measured 0.4-1.1 s in all on the demo
 
 
 def image_size(ds, k=30):
     """Median (h, w) of up to k images of a dataset, from their file headers, and the id of the image closest to
-    it (the CRF's cost depends on the image's colours: the micro-benchmark runs on that real image)."""
+    it (the CRF's cost depends on the image's colours: the micro-benchmark runs on that real image); also the
+    sampled sizes (k, 2) and the id of the largest."""
     from PIL import Image
     names = ds.names[::max(1, len(ds.names) // k)][:k]
     sizes = []
@@ -32,7 +37,7 @@ def image_size(ds, k=30):
     sizes = np.array(sizes)
     med = np.median(sizes, axis=0)
     closest = names[int(np.argmin(np.abs(sizes - med).sum(1)))]
-    return tuple(int(v) for v in med), closest
+    return tuple(int(v) for v in med), closest, sizes, names[int(np.argmax(sizes.prod(1)))]
 
 
 def _sample_time(ds, k=4):
@@ -72,8 +77,8 @@ class Planner:
             run_args=a, width_px=0, height=0, crf_images=1, crf_sizes=[1, 1], crf_workers=1)
         vars(ns).update(over)
         r = benchmark.STAGES[stage](ns)
-        if not ns.warmup and r['seconds'] < 1.0:
-            ns.warmup = True
+        if not ns.warmup and r['seconds'] < 1.0:  # cheap: again after a warm-up, the mean of 3 runs
+            ns.warmup, ns.repeats = True, 3
             r = benchmark.STAGES[stage](ns)
         self._cache[key] = r
         return r
@@ -87,12 +92,35 @@ class Planner:
 
     def size_of(self, list_path, root=None):
         """(median (h, w), the pixels of the listed image closest to it)."""
+        return self._sizes(list_path, root)[:2]
+
+    def _sizes(self, list_path, root=None):
         key = ('size', list_path, root)
         if key not in self._cache:
             ds = self.ds_mod.ImageDataset(list_path, root or self.args.dataset_root)
-            size, name = image_size(ds)
-            self._cache[key] = size, ds.read(name)
+            size, name, sizes, largest = image_size(ds)
+            self._cache[key] = size, ds.read(name), sizes, ds.read(largest)
         return self._cache[key]
+
+    def per_image(self, stage, list_path, root=None, quadratic=False, **over):
+        """Mean seconds per image of an inference stage over the list's image sizes, and the stage's result at the
+        median size. The median's time is scaled by the mean area over the median's; for a stage whose cost grows
+        faster than the pixels (quadratic=True: make_cam, whose PCM affinity is quadratic in them), the stage is
+        also measured at the largest sampled size, t(A) = a A + b A^2 (b >= 0) is fitted through the two points,
+        and averaged over the sampled areas."""
+        (h, w), image, sizes, largest = self._sizes(list_path, root)
+        r = self.bench(stage, width_px=w, height=h, image=image, **over)
+        areas = sizes.prod(1).astype(np.float64)
+        a_med, a_max = float(h * w), float(largest.shape[0] * largest.shape[1])
+        if not quadratic or a_max <= a_med * 1.05:
+            return r['seconds'] * float(areas.mean()) / a_med, r
+        t_max = self.bench(stage, width_px=largest.shape[1], height=largest.shape[0], image=largest,
+                           **over)['seconds']
+        b = max(0.0, (t_max / a_max - r['seconds'] / a_med) / (a_max - a_med))
+        a = r['seconds'] / a_med - b * a_med
+        if a < 0:  # steeper than quadratic between the two points: interpolate linearly through them instead
+            return float(np.mean(np.interp(areas, [a_med, a_max], [r['seconds'], t_max]))), r
+        return float(a * areas.mean() + b * (areas ** 2).mean()), r
 
     def train_step(self, stage, batch, per_rank_batch_flags, dataset):
         """Seconds per training step: the network on the batch (measured on a few images on the CPU and scaled),
@@ -103,8 +131,12 @@ class Planner:
             measured = batch
             r = self.bench(stage, warmup=True, **per_rank_batch_flags(measured))
         compute = r['seconds'] * batch / measured / self.world
-        data = _sample_time(dataset) * batch / self.world / max(1, self.args.num_workers)
-        return max(compute, data), compute, data
+        if self.cuda:  # the loader's workers run on the CPU beside the device
+            data = _sample_time(dataset) * batch / self.world / max(1, self.args.num_workers)
+            return max(compute, data), compute, data
+        # on the CPU they take their time from the cores the network runs on
+        data = _sample_time(dataset) * batch / self.world
+        return compute + data, compute, data
 
     # --- the steps --------------------------------------------------------------------------------------------
     def train_sfc(self):
@@ -128,18 +160,25 @@ class Planner:
         return (f'{len(ds)} images, {spe} steps/epoch x {a.sfc_num_epoches} = {steps} steps of '
                 f'{a.sfc_batch_size}+{k}{note}', f'{step:.3g} s/step (network {compute:.3g}, data {data:.3g})', total)
 
-    def _inference(self, stage, list_path, out_dir, ext, label, **over):
-        a = self.args
+    def _inference(self, stage, list_path, out_dir, ext, label, dataset=None, quadratic=False, **over):
+        """dataset: the step's loader dataset, whose time per sample counts on the CPU (its workers share the
+        cores with the network)."""
         names = self.names(list_path)
         todo = self.todo(names, out_dir, ext)
-        (h, w), image = self.size_of(list_path)
-        per = self.bench(stage, width_px=w, height=h, image=image, **over)['seconds']
+        (h, w), _ = self.size_of(list_path)
+        per, _ = self.per_image(stage, list_path, quadratic=quadratic, **over)
+        note = ''
+        if dataset is not None and not self.cuda:
+            data = _sample_time(dataset)
+            per, note = per + data, f' (data {data:.3g})'
         return (f'{len(todo)} of {len(names)} images to do ({h}x{w} median){label}',
-                f'{per:.3g} s/image', len(todo) * per / self.world)
+                f'{per:.3g} s/image{note}', len(todo) * per / self.world)
 
     def make_cam(self):
         a = self.args
-        return self._inference('make_cam', a.infer_list, a.cam_dir, '.npz', f', scales {tuple(a.cam_scales)} x flip')
+        ds = self.ds_mod.ClassificationDatasetMSF(a.infer_list, a.dataset_root, a.cls_labels, scales=a.cam_scales)
+        return self._inference('make_cam', a.infer_list, a.cam_dir, '.npz', f', scales {tuple(a.cam_scales)} x flip',
+                               dataset=ds, quadratic=True)
 
     def cam_to_ir_label(self):
         a = self.args
@@ -186,10 +225,11 @@ class Planner:
         a = self.args
         names = self.ds_mod.ImageDataset(a.seg_infer_list, a.seg_infer_root).names
         todo = self.todo(names, a.seg_dir)
-        (h, w), image = self.size_of(a.seg_infer_list, a.seg_infer_root)
-        r = self.bench('make_seg', width_px=w, height=h, image=image)
-        crf = r.get('crf_s', 0.0) if a.seg_crf else 0.0
-        net = r['seconds'] - r.get('crf_s', 0.0)
+        (h, w), _ = self.size_of(a.seg_infer_list, a.seg_infer_root)
+        mean, r = self.per_image('make_seg', a.seg_infer_list, a.seg_infer_root)
+        scale = mean / r['seconds']  # the mean over the list's sizes against the median's
+        crf = r.get('crf_s', 0.0) * scale if a.seg_crf else 0.0
+        net = (r['seconds'] - r.get('crf_s', 0.0)) * scale
         workers = a.seg_crf_workers if a.seg_crf else 1
         per = max(net, crf / workers) if workers > 1 else net + crf
         return (f'{len(todo)} of {len(names)} images to do ({h}x{w} median)',
@@ -231,7 +271,7 @@ def run(args, steps):
             work, per, secs = getattr(p, s)()
         except (OSError, ValueError, KeyError) as e:
             work, per, secs = f'cannot be planned yet: {str(e).splitlines()[0][:150]}', '-', 0.0
-        secs += STEP_OVERHEAD_S
+        secs += EVAL_OVERHEAD_S if s.startswith('eval_') else STEP_OVERHEAD_S
         total += secs
         rows.append((s, work, per, secs))
     if distributed.is_main():

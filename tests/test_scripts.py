@@ -63,3 +63,38 @@ def test_plan_reports_every_step_and_writes_nothing(tiny_voc, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert 'plan: 10 steps' in out.stdout and 'total' in out.stdout
     assert not os.path.exists(str(tmp_path / 'voc'))
+
+
+def test_plan_averages_over_the_image_sizes_and_counts_the_loader_on_the_cpu(monkeypatch):
+    """The planner's arithmetic against a hand computation, with a stage whose cost is a known function of the image
+    area: linear scaling by the mean area over the median's, the quadratic fit through the median and the largest
+    size (exact for a + b A^2 costs), and on the CPU the loader's time added to the network's (it shares the cores),
+    on CUDA the slower of the two."""
+    import argparse
+
+    import numpy as np
+
+    from misc import plan
+    sizes = np.array([[10, 10], [20, 10], [20, 20], [10, 30], [40, 20]])  # areas 100 200 400 300 800
+    p = plan.Planner.__new__(plan.Planner)
+    p._cache = {('size', 'L', None): ((20, 10), np.zeros((20, 10, 3)), sizes, np.zeros((40, 20, 3)))}
+    cost = lambda A: 1e-3 * A + 2e-6 * A ** 2  # noqa: E731
+    monkeypatch.setattr(p, 'bench', lambda stage, width_px, height, **k: {'seconds': cost(width_px * height)})
+    areas = sizes.prod(1)
+    exact = 1e-3 * 360 + 2e-6 * (100 ** 2 + 200 ** 2 + 400 ** 2 + 300 ** 2 + 800 ** 2) / 5  # by hand: 0.72
+    assert abs(exact - np.mean([cost(a) for a in areas])) < 1e-12
+    mean, r = p.per_image('s', 'L', quadratic=True)
+    assert abs(mean - exact) < 1e-9 and r['seconds'] == cost(200)
+    mean, _ = p.per_image('s', 'L', quadratic=False)
+    assert abs(mean - cost(200) * 360 / 200) < 1e-12
+    # training steps: a network of 1 + 0.125 n s for n images (measured on 4 on the CPU, on the batch on CUDA),
+    # samples of 0.01 s, batch 8, 2 loader workers: the loader's 0.08 s added on the CPU, 0.04 s beside CUDA
+    monkeypatch.setattr(plan, '_sample_time', lambda ds: 0.01)
+    monkeypatch.setattr(p, 'bench', lambda stage, **k: {'seconds': 0.5 * k['n'] / 4 + 1.0})  # >= 1 s: no re-run
+    p.args, p.world = argparse.Namespace(num_workers=2), 1
+    for cuda in (False, True):
+        p.cuda = cuda
+        got = p.train_step('st', 8, lambda m: {'n': m}, None)
+        measured = 8 if cuda else 4
+        network = (0.5 * measured / 4 + 1.0) * 8 / measured
+        assert np.allclose(got, (network + 0.08, network, 0.08) if not cuda else (network, network, 0.04)), got

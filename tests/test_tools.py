@@ -76,3 +76,17 @@ def test_full_plan_stand_ins_have_the_real_shape(tmp_path, monkeypatch):
     names = open(os.path.join(meta, 'train2014.txt')).read().split()
     assert len(names) == 5 and os.path.isfile(os.path.join(root, 'SegmentationClass', 'train2014', names[4] + '.png'))
     assert np.load(os.path.join(meta, 'cls_labels.npz'))['labels'].shape == (7, 80)
+
+
+def test_a_timed_part_skips_the_warm_up_run_only_when_there_was_one():
+    """make_seg's CRF share and make_sem_seg's walk share are parts timed inside each run: without a warm-up (the run
+    planner on the CPU) the one run is the measurement, not something to drop (a dropped run gave a CRF of 0 s)."""
+    import argparse
+
+    from tools import benchmark
+    for warmup, repeats, want in ((True, 2, 2.0), (False, 1, 5.0)):
+        a = argparse.Namespace(warmup=warmup, repeats=repeats, device='cpu')
+        parts = []
+        benchmark._timed(a, lambda: parts.append([5.0, 1.0, 3.0][len(parts)]))
+        assert len(parts) == repeats + warmup
+        assert benchmark._timed_part(a, parts) == want
