@@ -305,19 +305,17 @@ def stage_train_seg_step(a):
 
 
 def stage_make_seg(a):
+    import tempfile
+
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from misc.imutils import crf_inference_softmax
+    from misc import camio
     from misc.torchutils import to_memory_format
     from net import deeplab
-    from step.make_seg import crf_params, predict_logits
+    from step.make_seg import _crf_and_write, crf_params, predict_logits
     torch.manual_seed(0)
     model = to_memory_format(deeplab.build(a.classes + 1, a.seg_depth, a.width, '1x1').to(a.device).eval(), _layout(a))
-    import tempfile
-
-    from misc import camio
-    from step.make_seg import _crf_and_write
     img, _ = _synthetic_cams(a)
     x = torch.from_numpy(deeplab.normalize_image(img, 'caffe').transpose(2, 0, 1).copy())[None].to(a.device)
     args = _method_args(a)
@@ -328,7 +326,8 @@ def stage_make_seg(a):
             with torch.inference_mode():
                 prob = F.softmax(predict_logits(model, x, img.shape[:2], args.seg_test_scales, args.seg_test_flip,
                                                 amp=a.amp, channels_last=_layout(a)), dim=0)
-                camio.write_label(os.path.join(d, 'nocrf.png'), torch.argmax(prob, dim=0).cpu().numpy().astype(np.uint8))
+                pred = torch.argmax(prob, dim=0).cpu().numpy().astype(np.uint8)
+                camio.write_label(os.path.join(d, 'nocrf.png'), pred)
                 prob = prob.cpu().numpy()
             t1 = time.perf_counter()  # the CRF worker's job: the CRF and its two PNGs
             _crf_and_write(img, prob, crf_params(args), os.path.join(d, 'p.png'), os.path.join(d, 's.png'))
