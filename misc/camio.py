@@ -143,6 +143,11 @@ def cam_score(cams, source, fuse_weight=0.3):
     raise BadInput(f'CAM source {source!r}: choose from {CAM_SOURCES}')
 
 
+def cam_labels(cams, source, fuse_weight=0.3):
+    """(H,W) uint8 class ids of a CAM source: keys[argmax] (ties -> the first stored channel, background)."""
+    return cams['keys'][np.argmax(cam_score(cams, source, fuse_weight), axis=0)].astype(np.uint8)
+
+
 def is_complete_cam(path):
     """True when path holds a readable CAM file (used to skip finished work on re-runs)."""
     try:

@@ -50,7 +50,7 @@ def diagram(ax):
     ax.axis('off')
 
 
-def pick_image(work_dir, names, root, ds_mod):
+def pick_image(work_dir, names, root, ds_mod, fuse_weight):
     """The val image whose pseudo mask gains most pixels of agreement with the GT over its CAM seeds."""
     layout = ds_mod.ImageDataset.layout
     best, gain = names[0], -1.0
@@ -61,7 +61,7 @@ def pick_image(work_dir, names, root, ds_mod):
             continue
         cams = camio.load_cam(cam_file)
         gt = ds_mod.load_gt(root, n, layout)
-        seeds = cams['keys'][np.argmax(cams['proto_cam'], 0)]
+        seeds = camio.cam_labels(cams, 'proto_cam', fuse_weight)
         sem = camio.read_label(sem_file)
         valid = gt != 255
         g = float(((sem == gt) & valid).mean() - ((seeds == gt) & valid).mean())
@@ -84,7 +84,8 @@ def main(argv=None):
     if not os.path.isfile(val):
         raise MissingInput(f'{val} is missing: run the demo (bash run_demo.sh) first')
     names = ds_mod.load_img_name_list(val)
-    name = a.name or pick_image(a.work_dir, names, root, ds_mod)
+    fuse = saved.get('cam_eval_fuse_weight', 0.3)  # the run's --cam_eval_fuse_weight (its default for older runs)
+    name = a.name or pick_image(a.work_dir, names, root, ds_mod, fuse)
     layout = ds_mod.ImageDataset.layout
     img = ds_mod.read_image(layout.image_path(root, name))
 
@@ -94,7 +95,7 @@ def main(argv=None):
     cam_file = camio.cam_path(os.path.join(a.work_dir, 'cam'), name)
     cams = camio.load_cam(cam_file) if os.path.isfile(cam_file) else None
     panels = image_panels(name, img, cams, ds_mod.load_gt(root, name, layout), label('ir_label'), label('sem_seg'),
-                          layout.class_names(), 'proto_cam', 0.3, label('seg'))[:6]
+                          layout.class_names(), 'proto_cam', fuse, label('seg'))[:6]
     v = stages.stage_values(a.work_dir)
     numbers = {'CAM seeds': v.get('cam_proto_cam'), 'IR label': v.get('crf_labels'), 'pseudo mask': v.get('irn_masks'),
                'DeepLab': v.get('deeplab_crf')}

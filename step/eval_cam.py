@@ -20,11 +20,6 @@ from misc.plots import eval_figure
 from misc.pyutils import format_table
 from misc.visualize import cam_panels
 
-def predict(cams, source, fuse_weight):
-    """(H,W) class ids: keys[argmax]."""
-    score = camio.cam_score(cams, source, fuse_weight)
-    return cams['keys'][np.argmax(score, axis=0)].astype(np.uint8)
-
 
 def check_keys(cams, label, name):
     keys = camio.keys_from_label(label)
@@ -80,7 +75,7 @@ def _image_confusions(name, root, cam_dir, labels, sources, fuse_weight, ds_name
     if gt.shape != cams['cam'].shape[1:]:
         raise BadInput(f'{name}: CAM size {cams["cam"].shape[1:]} differs from GT size {gt.shape}')
     n = layout.n_cat() + 1
-    out = {s: confusion_of(gt, predict(cams, s, fuse_weight), n, name) for s in sources}
+    out = {s: confusion_of(gt, camio.cam_labels(cams, s, fuse_weight), n, name) for s in sources}
     if sweep is not None:
         bg_offset, fg_scale, thresholds, offsets = sweep
         score = camio.cam_score(cams, sources[0], fuse_weight)
@@ -148,7 +143,7 @@ def run(args):
     for name in names_ds.names[:args.cam_vis_count]:
         cams = camio.load_cam(camio.cam_path(args.cam_dir, name))
         gt = ds_mod.load_gt(args.dataset_root, name, layout)
-        pred = predict(cams, sources[0], args.cam_eval_fuse_weight)
+        pred = camio.cam_labels(cams, sources[0], args.cam_eval_fuse_weight)
         camio.write_image(os.path.join(vis_dir, name + '.png'),
                           cam_panels(names_ds.read(name), camio.cam_score(cams, sources[0], args.cam_eval_fuse_weight),
                                      cams['keys'], gt, pred))
