@@ -53,7 +53,9 @@ def get_parser():
                         'cores split over the torchrun ranks of the machine; the authors: cpu_count//2 for inference, '
                         '8 for training)')
     a.add_argument('--seed', default=10, type=int, help='seeds every stage (SFC/train_resnet50_SFC.py:99)')
-    a.add_argument('--deterministic', default=False, type=str2bool, help='cuDNN deterministic mode')
+    a.add_argument('--deterministic', default=False, type=str2bool,
+                   help="CUDA: deterministic cuDNN convolutions and PyTorch's deterministic algorithms wherever one "
+                        'exists (docs/precision.md says what is then bit-identical); the CPU is deterministic anyway')
     a.add_argument('--amp', default='none', choices=('none', 'tf32', 'bf16', 'fp16'),
                    help="precision of every network. none = the authors' IEEE float32 (also on Ampere+ GPUs, where "
                         "PyTorch would use TF32 convolutions); tf32 = that TF32 (CUDA, Ampere+); bf16/fp16 = "
@@ -300,7 +302,9 @@ def get_parser():
 
 def finalize_args(args):
     """The one place that resolves paths below work_dir, the device and the defaults that depend on them."""
-    from misc.torchutils import resolve_device
+    from misc.torchutils import deterministic_environment, resolve_device
+    if args.deterministic:  # before anything can start cuBLAS (the process group's NCCL included)
+        deterministic_environment()
     for alias, target in PASS_ALIASES.items():
         if getattr(args, f'{alias}_pass'):
             setattr(args, f'{target}_pass', True)
@@ -438,6 +442,9 @@ def main(argv=None):
         print(settings_line(args))
         if args.check_data and steps:
             quick_check(args, steps)
+        if args.deterministic:
+            from misc.torchutils import setup_determinism
+            setup_determinism(args.device)
         for s in steps:
             t0 = time.perf_counter()
             print(f'=== {s} ===')

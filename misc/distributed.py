@@ -14,6 +14,8 @@ import datetime
 import hashlib
 import json
 import os
+import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -29,11 +31,18 @@ def env_world():
             int(os.environ.get('WORLD_SIZE', 1)))
 
 
+def launched():
+    """True under torchrun (or any launcher that sets its environment: RANK, WORLD_SIZE, MASTER_ADDR)."""
+    return all(k in os.environ for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'))
+
+
 def init(device):
-    """Start the process group when launched by torchrun with more than one process (NCCL on CUDA, gloo on CPU)
-    and return this rank's device: 'cuda:<local rank>' for CUDA, the device unchanged otherwise."""
-    rank, local, world = env_world()
-    if world <= 1:
+    """Start the process group when launched by torchrun (NCCL on CUDA, gloo on CPU), also for one process, so that
+    `torchrun --nproc_per_node 1` runs every collective of the several-GPU path; return this rank's device:
+    'cuda:<local rank>' for CUDA, the device unchanged otherwise. A plain `python run_sample.py` starts nothing.
+    Also starts the failure watch (stop_on_failure)."""
+    _, local, _ = env_world()
+    if not launched():
         return device
     if torch.device(device).type == 'cuda':
         if local >= torch.cuda.device_count():
@@ -45,7 +54,65 @@ def init(device):
         backend = 'gloo'
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=TIMEOUT_MIN))
+        if dist.get_world_size() > 1:  # one process has no one to tell
+            _watch_failures()
     return device
+
+
+# --- a rank that stops on an error stops the others ------------------------------------------------------------
+# torchrun stops the other workers of its own machine when one fails, but a rank on another machine would wait at
+# its next collective until TIMEOUT_MIN. So a failing rank writes its message to the rendezvous store (reached by
+# every machine), and every rank watches that key from a thread: when another rank failed, it exits at once with
+# the failing rank's status. The message is printed once, by the first rank that failed.
+FAILED_KEY = 'sfc/failed'
+WATCH_S = 2.0  # seconds between two looks at the store
+
+
+def _store():
+    return dist.distributed_c10d._get_default_store()
+
+
+_WATCH = {}  # the watch thread and the event that stops it (shutdown stops it before the group ends)
+
+
+def _watch_failures():
+    import threading
+    store, me, stop = _store(), dist.get_rank(), threading.Event()
+
+    def watch():
+        while not stop.wait(WATCH_S):
+            try:
+                if not store.check([FAILED_KEY]):
+                    continue
+                who, status = store.get(FAILED_KEY).decode().split(' ', 1)
+            except Exception:  # the store went away: the run is ending (rank 0's agent stopped)
+                return
+            if int(who) != me:
+                sys.stderr.flush()
+                os._exit(int(status))
+    thread = threading.Thread(target=watch, name='sfc-failure-watch', daemon=True)
+    thread.start()
+    _WATCH.update(thread=thread, stop=stop)
+
+
+def _stop_watch():
+    if _WATCH:
+        _WATCH['stop'].set()
+        _WATCH['thread'].join()
+        _WATCH.clear()
+
+
+def announce_failure(status):
+    """Called by a rank that stops on an error: tell the other ranks (they exit with `status`). True when this rank
+    is the first to fail (it prints the message; later ones stay silent)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    mine = f'{dist.get_rank()} {int(status)}'
+    try:
+        first = _store().compare_set(FAILED_KEY, '', mine).decode()
+    except Exception:  # no store to reach: only this rank knows
+        return True
+    return first == mine
 
 
 def local_world():
@@ -68,7 +135,8 @@ def cpu_share():
 
 
 def active():
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """A process group is running (torchrun, any number of processes): collectives go through it."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank():
@@ -89,6 +157,8 @@ def barrier():
 
 
 def shutdown():
+    """End the process group after a run that finished (NCCL warns, and can hang at exit, without it)."""
+    _stop_watch()  # no thread may be inside a store call while the group and its store go away
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -97,16 +167,24 @@ def all_gather_cat(t):
     """The tensors of every rank (same shape) concatenated along dim 0 in rank order."""
     if not active():
         return t
-    parts = [torch.empty_like(t) for _ in range(world())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
+    # Every buffer in one memory order (plain contiguous): empty_like(t) would copy a channels-last input's
+    # layout into the outputs while t.contiguous() sends NCHW, and a collective that mixes the two fills the
+    # outputs in the wrong order without an error (a known PyTorch all_gather bug with mixed memory formats). The
+    # result is given back in the input's layout.
+    src = t.contiguous()
+    parts = [torch.empty(src.shape, dtype=src.dtype, device=src.device) for _ in range(world())]
+    dist.all_gather(parts, src)
+    out = torch.cat(parts)
+    if out.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def all_reduce_sum(t):
     """Sum over the ranks (a new tensor; the input is unchanged)."""
     if not active():
         return t
-    out = t.clone()
+    out = t.clone(memory_format=torch.contiguous_format)  # one memory order on every rank (see all_gather_cat)
     dist.all_reduce(out)
     return out
 

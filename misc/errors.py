@@ -67,11 +67,26 @@ def one_line(exc):
 
 def cli(main, argv=None):
     """Run main(argv) as a command: an InputError prints one line on stderr and exits with status 2 (with its
-    traceback under --traceback True / SFC_TRACEBACK=1); other exceptions propagate with their traceback."""
+    traceback under --traceback True / SFC_TRACEBACK=1); other exceptions propagate with their traceback. Under
+    torchrun a rank that stops on an error first tells the others (misc.distributed.announce_failure: they stop
+    within seconds, on every machine), and only the first rank to fail prints its message; a run that finishes
+    ends its process group."""
+    from misc import distributed
     try:
-        return main(argv)
+        out = main(argv)
     except InputError as e:
-        if show_traceback(argv):
-            traceback.print_exc()
-        print(one_line(e), file=sys.stderr, flush=True)
+        if distributed.announce_failure(EXIT_INPUT):
+            if show_traceback(argv):
+                traceback.print_exc()
+            print(one_line(e), file=sys.stderr, flush=True)
         sys.exit(EXIT_INPUT)
+    except KeyboardInterrupt:
+        distributed.announce_failure(130)
+        raise
+    except BaseException as e:
+        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1
+        if code and not distributed.announce_failure(code) and not isinstance(e, SystemExit):
+            sys.exit(code)  # another rank failed first and printed its error; this one is a consequence
+        raise
+    distributed.shutdown()
+    return out

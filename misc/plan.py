@@ -1,6 +1,7 @@
 """--plan True: what a run would cost, before it runs. For every step the flags select: the work (images, steps,
 epochs), the time of one item measured here by a short micro-benchmark of that stage at the run's own sizes,
-network width, device, precision and layout (tools/benchmark.py's stages, run in this process), and the estimated
+network width, device, precision and layout (misc/microbench.py's stages, run in this process under the run's own
+precision settings, each after a warm-up, with cuDNN autotuning reset between them), and the estimated
 wall time for the processes (torchrun ranks) and workers of the run. Writes nothing: it only prints its report.
 
 On a CPU the training stages are measured on a few images and scaled to the batch (the cost per image is close to
@@ -12,6 +13,7 @@ the cores with the network). Fixed costs (starting a step, building its network)
 step. On a shared machine, the step times themselves vary by 10-30 % from run to run.
 """
 import argparse
+import contextlib
 import os
 import time
 
@@ -22,6 +24,19 @@ from misc.pyutils import format_seconds, format_table
 
 STEP_OVERHEAD_S = 2.0  # building a step's network and lists, writing its summary: measured 1-3 s on the demo
 EVAL_OVERHEAD_S = 0.5  # an evaluation step builds no network: measured 0.4-1.1 s in all on the demo
+
+
+@contextlib.contextmanager
+def _stage_state(device):
+    """A micro-benchmark starts as its step starts (cuDNN autotuning off until a training stage turns it on) and
+    leaves the process as it found it."""
+    import torch
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def image_size(ds, k=30):
@@ -59,27 +74,29 @@ class Planner:
         self._cache = {}
 
     # --- measuring ---------------------------------------------------------------------------------------------
-    def bench(self, stage, warmup=None, **over):
-        """Seconds per unit of a tools/benchmark.py stage, run here with the run's settings. On a GPU after a warm-up
-        run (cuDNN autotuning); on the CPU a stage whose run takes under a second is run again after that first
-        run, which pays one-off costs (allocations) that would dominate it."""
+    def bench(self, stage, **over):
+        """Seconds per unit of a misc/microbench.py stage, run here with the run's settings: after one warm-up run
+        (allocations, lazy initialisation, cuDNN autotuning), the mean of the timed runs (3 where one run takes
+        under a second). cuDNN autotuning starts off for every stage (a training stage turns it on, as its step
+        does) and is put back afterwards."""
         key = (stage, repr(sorted((k, id(v) if isinstance(v, np.ndarray) else v) for k, v in over.items())))
         if key in self._cache:
             return self._cache[key]
-        from tools import benchmark
+        from misc import microbench
         a, n_cat = self.args, self.ds_mod.N_CAT
         ns = argparse.Namespace(
             device=str(a.device), amp=a.amp, channels_last=a.channels_last, fold_bn=a.cam_fold_bn, width=a.backbone_width,
             classes=n_cat, crop=a.sfc_crop_size, batch=a.sfc_batch_size, bank=a.sfc_bank_samples if a.sfc_ibr else 0,
             sfc_micro_batch=a.sfc_micro_batch, irn_batch=a.irn_batch_size, irn_micro_batch=a.irn_micro_batch,
             seg_batch=a.seg_batch_size, seg_crop=a.seg_crop_size, seg_micro_batch=a.seg_micro_batch,
-            seg_depth=a.seg_depth, scales=a.cam_scales, repeats=1, warmup=self.cuda if warmup is None else warmup,
+            seg_depth=a.seg_depth, scales=a.cam_scales, repeats=1, warmup=True,
             run_args=a, width_px=0, height=0, crf_images=1, crf_sizes=[1, 1], crf_workers=1)
         vars(ns).update(over)
-        r = benchmark.STAGES[stage](ns)
-        if not ns.warmup and r['seconds'] < 1.0:  # cheap: again after a warm-up, the mean of 3 runs
-            ns.warmup, ns.repeats = True, 3
-            r = benchmark.STAGES[stage](ns)
+        with _stage_state(a.device):
+            r = microbench.STAGES[stage](ns)
+            if r['seconds'] < 1.0:  # cheap: the mean of 3 timed runs
+                ns.repeats = 3
+                r = microbench.STAGES[stage](ns)
         self._cache[key] = r
         return r
 
@@ -129,7 +146,7 @@ class Planner:
         r = self.bench(stage, **per_rank_batch_flags(measured))
         if measured < batch and r['seconds'] < 1.0:  # cheap: the whole batch, whose per-image cost is lower
             measured = batch
-            r = self.bench(stage, warmup=True, **per_rank_batch_flags(measured))
+            r = self.bench(stage, **per_rank_batch_flags(measured))
         compute = r['seconds'] * batch / measured / self.world
         if self.cuda:  # the loader's workers run on the CPU beside the device
             data = _sample_time(dataset) * batch / self.world / max(1, self.args.num_workers)
@@ -214,7 +231,7 @@ class Planner:
         r = self.bench('train_seg_step', seg_batch=measured, seg_micro_batch=min(a.seg_micro_batch or measured, measured))
         if measured < a.seg_batch_size and r['seconds'] < 1.0:
             measured = a.seg_batch_size
-            r = self.bench('train_seg_step', warmup=True, seg_batch=measured,
+            r = self.bench('train_seg_step', seg_batch=measured,
                            seg_micro_batch=min(a.seg_micro_batch or measured, measured))
         per_image = r['seconds'] / measured
         update = per_image * a.seg_iter_size * a.seg_batch_size / self.world
@@ -228,13 +245,15 @@ class Planner:
         (h, w), _ = self.size_of(a.seg_infer_list, a.seg_infer_root)
         mean, r = self.per_image('make_seg', a.seg_infer_list, a.seg_infer_root)
         scale = mean / r['seconds']  # the mean over the list's sizes against the median's
-        crf = r.get('crf_s', 0.0) * scale if a.seg_crf else 0.0
-        net = (r['seconds'] - r.get('crf_s', 0.0)) * scale
+        crf_s = r.get('crf_s') or 0.0
+        crf = crf_s * scale if a.seg_crf else 0.0
+        net = (r['seconds'] - crf_s) * scale
         workers = a.seg_crf_workers if a.seg_crf else 1
         per = max(net, crf / workers) if workers > 1 else net + crf
+        crf_note = (f'CRF NOT timed: pydensecrf is not installed' if a.seg_crf and r.get('crf_s') is None else
+                    f'CRF {crf:.3g} in {workers} process{"es" * (workers > 1)}')
         return (f'{len(todo)} of {len(names)} images to do ({h}x{w} median)',
-                f'{per:.3g} s/image (network {net:.3g}, CRF {crf:.3g} in {workers} process{"es" * (workers > 1)})',
-                len(todo) * per / self.world)
+                f'{per:.3g} s/image (network {net:.3g}, {crf_note})', len(todo) * per / self.world)
 
     def _eval(self, list_path, arrays):
         """Reading and scoring: measured on synthetic arrays of the median size (files of that size decode at the
@@ -263,12 +282,16 @@ class Planner:
 
 def run(args, steps):
     """Print the plan of `steps`; returns [(step, work, per item, estimated seconds)]."""
+    from misc.torchutils import setup_precision
+    setup_precision(args.amp, args.device)  # the run's precision: --amp none times IEEE float32, not TF32
     p = Planner(args)
     rows, total = [], 0.0
     t0 = time.perf_counter()
     for s in steps:
         try:
             work, per, secs = getattr(p, s)()
+        except ImportError as e:  # a compiled package missing here (pydensecrf): the step cannot run on this machine
+            work, per, secs = f'cannot be planned here: {e.name or str(e)} is not installed', '-', 0.0
         except (OSError, ValueError, KeyError) as e:
             work, per, secs = f'cannot be planned yet: {str(e).splitlines()[0][:150]}', '-', 0.0
         secs += EVAL_OVERHEAD_S if s.startswith('eval_') else STEP_OVERHEAD_S

@@ -22,17 +22,39 @@ def resolve_device(name):
     return name
 
 
-def set_seed(seed, deterministic=False):
-    """Seed Python, NumPy and torch (CPU and CUDA). Called by each step, never at import time."""
+def set_seed(seed, deterministic=False, device='cpu'):
+    """Seed Python, NumPy and torch (CPU and CUDA). Called by each step, never at import time. deterministic: see
+    setup_determinism."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
     if deterministic:
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+        setup_determinism(device)
+
+
+CUBLAS_WORKSPACE = ':4096:8'  # what cuBLAS needs to pick deterministic kernels (the CUDA docs' reproducibility notes)
+
+
+def deterministic_environment():
+    """--deterministic True, before anything starts cuBLAS (run_sample.finalize_args calls it first): the
+    workspace setting cuBLAS reads once, at its start."""
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', CUBLAS_WORKSPACE)
+
+
+def setup_determinism(device):
+    """--deterministic True on CUDA: cuDNN's deterministic convolutions without autotuning, and PyTorch's
+    deterministic algorithms wherever an operation has one (scatter_add_, index_add_, index_put_ with accumulate,
+    ...). The few with none (the backward of bilinear interpolation) keep their atomic-add kernels and warn once:
+    CUDA training is then repeatable up to those, inference exactly (docs/precision.md, determinism). On the CPU
+    every kernel is already deterministic and nothing changes."""
+    if torch.device(device).type != 'cuda':
+        return
+    deterministic_environment()
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 # --- mixed precision (--amp) and memory layout (--channels_last) ------------------------------------------------

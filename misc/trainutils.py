@@ -207,7 +207,7 @@ def training_device(args):
     autotuning for its fixed-size crops."""
     from misc.torchutils import configure_cudnn, set_seed, setup_precision
     device = torch.device(args.device)
-    set_seed(args.seed, args.deterministic)
+    set_seed(args.seed, args.deterministic, device)
     setup_precision(args.amp, device)
     configure_cudnn(device, fixed_size=True, deterministic=args.deterministic)
     return device

@@ -56,9 +56,19 @@ class Background:
         try:
             if exc_type is None:
                 self.wait()
+            else:  # the block stops on an error (out of memory, bad input, Ctrl-C): finish the jobs already
+                self.drain()  # submitted, whose results were computed, so that nothing done is lost; then re-raise
         finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown(wait=True)
         return False
+
+    def drain(self):
+        """Wait for every submitted job, ignoring their errors (an error already on its way out wins)."""
+        while self.pending:
+            try:
+                self.pending.popleft().result()
+            except BaseException:  # noqa: B036 - the caller's own exception is the one that propagates
+                pass
 
 
 def die_with_parent(parent_pid):

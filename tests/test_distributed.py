@@ -206,3 +206,78 @@ def test_errors_name_the_problem(tiny_voc, tmp_path, short_lists):
            *base_args(tiny_voc, str(tmp_path / 'c'))]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode != 0 and 'different arguments (seed)' in out.stderr
+
+
+# --- collectives in any memory layout, and a failing rank ------------------------------------------------------
+def test_all_gather_sends_and_receives_one_memory_order(monkeypatch):
+    """NCCL fills gather outputs in the wrong order, silently, when the buffers mix channels-last and contiguous
+    layouts (the loader's CUDA batches are channels-last). Every buffer all_gather_cat hands the collective must
+    be in one memory order; checked here with a stand-in collective that records what it is given."""
+    import torch.distributed as dist
+
+    from misc import distributed
+    seen = []
+
+    def fake_all_gather(outputs, t):
+        seen.append([o.stride() for o in outputs] + [t.stride()])
+        for o in outputs:
+            o.copy_(t)
+    monkeypatch.setattr(distributed, 'active', lambda: True)
+    monkeypatch.setattr(distributed, 'world', lambda: 2)
+    monkeypatch.setattr(dist, 'all_gather', fake_all_gather)
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    for t in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = distributed.all_gather_cat(t)
+        assert len(set(seen[-1])) == 1, seen[-1]  # outputs and input: the same strides
+        assert torch.equal(got, torch.cat([x, x]))
+        assert got.is_contiguous(memory_format=torch.channels_last) == t.is_contiguous(
+            memory_format=torch.channels_last) or t.is_contiguous()
+
+
+def test_collectives_give_the_right_values_in_every_layout():
+    """Two gloo processes: gathers and sums of NCHW and channels-last tensors (and ranks in different layouts) equal
+    what is computed locally, and the gathered tensor keeps its input's layout."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           os.path.join(ROOT, 'tests', 'helpers', 'gather_layouts.py')]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.count('all equal') == 2, out.stdout + out.stderr[-3000:]
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def two_machines(failing, when):
+    """Two torchrun agents of one process each, as on two machines (static rendezvous on this host)."""
+    import time
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--node_rank', str(n),
+                               '--nproc_per_node', '1', '--master_addr', '127.0.0.1', '--master_port', port,
+                               os.path.join(ROOT, 'tests', 'helpers', 'rank_fails.py'), str(failing), when],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for n in (0, 1)]
+    t0 = time.time()
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    return outs, [p.returncode for p in procs], time.time() - t0
+
+
+def test_a_failing_rank_stops_the_others_on_every_machine_with_its_message_once():
+    """Rank 1 (on the second 'machine') stops on bad input while rank 0 is busy for 120 s in no collective: rank 0
+    stops within seconds (not at its next collective, nor after the 60-minute collective timeout), both machines
+    end with the failing rank's exit status, and the one-line message appears once."""
+    outs, codes, secs = two_machines(1, 'busy')
+    both = outs[0] + outs[1]
+    print(f'a failing rank stopped the other machine in {secs:.1f} s')
+    assert secs < 60, both[-3000:]
+    assert both.count('error: rank 1 read a bad list (planted)') == 1, both[-3000:]
+    assert 'passed the barrier' not in both and all(c != 0 for c in codes)
+    assert 'exitcode  : 2' in outs[0], outs[0][-2000:]  # rank 0 ended with the failing rank's status
+
+
+def test_every_rank_failing_prints_the_message_once():
+    outs, codes, secs = two_machines(-1, 'late')
+    both = outs[0] + outs[1]
+    assert both.count('read a bad list (planted)') == 1 and secs < 60 and all(c != 0 for c in codes), both[-3000:]

@@ -17,11 +17,13 @@ PAGES = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 
 # modules run with python -m whose flags the docs may name (each has get_parser() or main(argv) with argparse)
 MODULES = ['voc12.make_cls_labels', 'voc12.synthetic', 'coco14.make_cls_labels', 'coco14.synthetic', 'misc.check_data',
            'misc.visualize', 'misc.stages', 'misc.figure', 'tools.ablation', 'tools.amp_check', 'tools.cam_fidelity',
-           'tools.stage_study', 'tools.mutate', 'tools.pretrain_backbone', 'tools.benchmark', 'tools.full_plan']
+           'tools.stage_study', 'tools.mutate', 'tools.pretrain_backbone', 'tools.benchmark', 'tools.full_plan',
+           'tools.device_check']
 # flags of other programs the docs show: torchrun's, sbatch's, pip's, pytest's
 FOREIGN = {'--standalone', '--nproc_per_node', '--nnodes', '--node_rank', '--master_addr', '--master_port',
            '--rdzv_backend', '--rdzv_endpoint', '--rdzv_id', '--index-url', '--job-name', '--nodes', '--ntasks-per-node',
-           '--gpus-per-node', '--cpus-per-task', '--time', '--kill-on-bad-exit', '--log-dir', '--log'}
+           '--gpus-per-node', '--cpus-per-task', '--time', '--kill-on-bad-exit', '--log-dir', '--log', '--no-deps',
+           '--no-binary'}
 DEMO_OPTIONS = {'--variant', '--quick', '--plan'}
 
 

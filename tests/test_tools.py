@@ -33,24 +33,77 @@ def test_benchmark_reports_a_failing_stage_as_an_error_and_a_slow_one_as_a_timeo
     res = benchmark.main(['--stages', 'train_irn_step', 'cam_to_ir_label', '--width', '7', '--width_px', '80',
                           '--height', '60', '--threads', '1'])
     failed, ok = res
-    assert failed['error'] == 'failed with exit status 1' and failed['exit_status'] == 1
-    assert 'must be a multiple of 8' in failed['stderr_tail'][-1] and 'time limit' not in failed['error']
+    assert failed['error'].startswith('failed with exit status 1') and failed['exit_status'] == 1
+    assert 'must be a multiple of 8' in failed['error'] and 'time limit' not in failed['error']
+    assert any('must be a multiple of 8' in line for line in failed['stderr_tail'])
     assert 'error' not in ok and ok['seconds'] > 0
     slow, = benchmark.main(['--stages', 'make_seg', '--width', '8', '--timeout', '0.5'])
-    assert slow['error'] == 'stopped at its time limit of 0 s' or slow['error'].startswith('stopped at its time limit')
-    assert slow['exit_status'] is None
+    assert slow['error'] == 'stopped at its time limit of 0 s' and slow['exit_status'] is None
+
+
+def test_benchmark_one_process_keeps_each_stage_result_past_a_failure():
+    """--one_process True (gpu_check.sh): the stages of a precision share a process; a stage that raises is
+    reported as failed with its message and the next stage still runs and reports; a stage cut by the time limit is
+    reported as such while those finished before it keep their results."""
+    res = benchmark.main(['--stages', 'train_irn_step', 'make_cam', '--width', '7', '--width_px', '80', '--height',
+                          '60', '--scales', '1.0', '--threads', '1', '--one_process', 'True'])
+    assert [r['key'] for r in res] == ['train_irn_step', 'make_cam']
+    assert res[0]['error'].startswith('failed with exit status 1: BadInput') and 'error' not in res[1]
+    # make_cam of an 80x60 image takes about a second; an SFC step of 256 + 4 crops of 512 px minutes on one core
+    res = benchmark.main(['--stages', 'make_cam', 'train_step', '--width', '8', '--width_px', '80', '--height', '60',
+                          '--scales', '1.0', '--batch', '256', '--sfc_micro_batch', '4', '--threads', '1',
+                          '--one_process', 'True', '--timeout', '30'])
+    assert [r['key'] for r in res] == ['make_cam', 'train_step']
+    assert 'error' not in res[0] and res[1]['error'] == 'stopped at its time limit of 30 s'
+
+
+def gpu_check(tmp_path, **env):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / 'out'), WORK=str(tmp_path / 'work'), **env)
+    p = subprocess.run(['bash', os.path.join(root, 'tools', 'gpu_check.sh')], env=env, capture_output=True,
+                       text=True, timeout=600)
+    summary = (tmp_path / 'out' / 'summary.txt').read_text() if (tmp_path / 'out' / 'summary.txt').exists() else ''
+    return p, summary
+
+
+def test_gpu_check_parts_fit_its_budget():
+    """tools/gpu_check.sh --limits: every part has a limit, and the limits with the script's own start add up to
+    at most the budget, which is at most the 7 minutes a first GPU run is given."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(['bash', os.path.join(root, 'tools', 'gpu_check.sh'), '--limits'], capture_output=True,
+                         text=True, check=True).stdout.split('\n')
+    values = dict(line.split() for line in out if line.strip())
+    budget, start = int(values.pop('budget')), int(values.pop('start'))
+    assert set(values) == {'setup', 'device_check', 'benchmark', 'plan'}
+    assert budget <= 420 and start + sum(int(v) for v in values.values()) <= budget, values
+
+
+def test_gpu_check_logic_on_the_cpu_reports_each_part(tmp_path):
+    """The whole script at tiny sizes on the CPU (GPU_CHECK_DEVICE=cpu GPU_CHECK_TINY=1): the device check runs
+    and compares (every comparison within its bounds on the same device), a part that fails (a benchmark flag no
+    network accepts) is reported as FAILED with its error, a part past its limit as STOPPED, the others still run,
+    and the script's exit status says that something failed."""
+    p, summary = gpu_check(tmp_path, GPU_CHECK_DEVICE='cpu', GPU_CHECK_TINY='1', PARTS='device_check,benchmark,plan',
+                           BENCH_ARGS='--width 7', GPU_CHECK_LIMITS='setup:60 device_check:300 benchmark:200 plan:1')
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    assert 'device_check: done' in summary and 'benchmark: FAILED with exit status 1' in summary
+    assert 'must be a multiple of 8' in summary  # the failing stage's own error
+    assert 'plan: STOPPED at its time limit of 1 s' in summary
+    report = json.load(open(tmp_path / 'out' / 'device_check.json'))
+    assert len(report['rows']) >= 8 and all(r['verdict'] == 'PASS' for r in report['rows']), report['rows']
+    bench = json.load(open(tmp_path / 'out' / 'benchmark.json'))
+    assert [r['key'] for r in bench if 'error' in r] == ['train_irn_step', 'make_sem_seg']  # the IRN's two
+    assert all(r['seconds'] > 0 for r in bench if 'error' not in r) and len(bench) == 6
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='on a machine with a GPU the check would run for minutes')
 def test_gpu_check_refuses_to_run_without_a_gpu(tmp_path):
-    """tools/gpu_check.sh with a given interpreter (PYTHON=, as on a machine without internet) checks for CUDA
-    before anything else: here, with no GPU, it stops with that message after creating $WORK and $OUT."""
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / 'out'), WORK=str(tmp_path / 'work'))
-    p = subprocess.run(['bash', os.path.join(root, 'tools', 'gpu_check.sh')], env=env, capture_output=True, text=True,
-                       timeout=120)
+    """With its default device, the check looks for CUDA before it measures anything: here, with no GPU, it
+    stops with that message after creating $WORK and $OUT."""
+    p, summary = gpu_check(tmp_path)
     assert p.returncode != 0 and 'no CUDA device: this check needs a GPU' in p.stderr
     assert (tmp_path / 'out').is_dir() and (tmp_path / 'work').is_dir()
     assert not (tmp_path / 'out' / 'benchmark.json').exists()
@@ -79,8 +132,9 @@ def test_full_plan_stand_ins_have_the_real_shape(tmp_path, monkeypatch):
 
 
 def test_a_timed_part_skips_the_warm_up_run_only_when_there_was_one():
-    """make_seg's CRF share and make_sem_seg's walk share are parts timed inside each run: without a warm-up (the run
-    planner on the CPU) the one run is the measurement, not something to drop (a dropped run gave a CRF of 0 s)."""
+    """make_seg's CRF share and make_sem_seg's walk share are parts timed inside each run: the warm-up run's part is
+    dropped, and without a warm-up the one run is the measurement, not something to drop (a dropped run gave a CRF
+    of 0 s)."""
     import argparse
 
     from tools import benchmark

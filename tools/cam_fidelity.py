@@ -77,7 +77,8 @@ def main(argv=None):
     from net.resnet50 import fold_batchnorm
     from net import resnet50_sfc
     from net.resnet50_sfc import CAM, load_sfc_weights
-    from tools.benchmark import _method_args, authors_prototype
+    import run_sample
+    from tools.benchmark import authors_prototype
     from step.make_cam import cams_of
     from voc12.dataloader import multiscale_flip
     from voc12.synthetic import make_sample
@@ -104,7 +105,7 @@ def main(argv=None):
         if fold:
             fold_batchnorm(model.resnet50, getattr(torch, fold))
         model = prepare_for_inference(model.to(getattr(torch, dtype)), 'cpu', fold_bn=False, channels_last=cl)
-        args = _method_args(channels_last=str(cl), amp=amp)
+        args = run_sample.get_parser().parse_args(['--channels_last', str(cl), '--amp', amp])
         torch.set_num_threads(threads)
         resnet50_sfc.prototype_cam = authors_prototype if proto == 'authors' else ours
         res, t1 = [], time.time()
