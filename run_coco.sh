@@ -2,50 +2,52 @@
 # SFC on MS COCO 2014 with the authors' intent (docs/faithfulness §9): SFC training on train2014, CAMs, CAM evaluation,
 # then dense-CRF labels (cam_to_ir_label) as the final pseudo masks, scored against the GT PNGs, and DeepLab-v2
 # trained on them, scored on val2014 (81 classes). The IRN
-# stage is optional (USE_IRN=True), as the authors skipped it for cost. Extra arguments go to
-# run_sample.py and override the values below. Re-running resumes / skips finished work.
+# stage is optional (USE_IRN=True), as the authors skipped it for cost. Every setting below is a variable the
+# environment can set (SEED=16 bash run_coco.sh), and extra arguments go to run_sample.py and win over both
+# (bash run_coco.sh --seg_iters 50000). Re-running resumes / skips finished work. Partial runs as in run_voc.sh
+# (e.g. --train_sfc_pass False --train_seg_pass False: inference and evaluation only).
 set -euo pipefail
 cd "$(dirname "$0")"
 # glibc: keep large CPU buffers in the heap instead of mmap/unmap per forward (~10-15% faster on CPU)
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-17179869184} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184}
 . ./setup_env.sh   # $PY: PYTHON=..., the active venv/conda env, or the project's .venv (created on first use)
 
-COCO14_ROOT=${COCO14_ROOT:-data/coco2014}          # train2014/, val2014/, annotations/instances_{train,val}2014.json
+COCO14_ROOT=${COCO14_ROOT:-data/coco2014}   # train2014/, val2014/, annotations/instances_{train,val}2014.json
 WORK_DIR=${WORK_DIR:-work/coco}
 DEVICE=${DEVICE:-auto}
-NPROC=${NPROC:-1}                                  # processes through torchrun (one per GPU); TORCHRUN_ARGS for more machines
-NUM_WORKERS=${NUM_WORKERS:-8}
+NPROC=${NPROC:-1}                           # processes through torchrun (one per GPU); TORCHRUN_ARGS for more machines
+NUM_WORKERS=${NUM_WORKERS:-8}               # run_sample caps it at cores / processes
 BACKBONE_WEIGHTS=${BACKBONE_WEIGHTS:-imagenet}
-USE_IRN=${USE_IRN:-False}                          # True: IRN + random walk instead of the CRF labels
-SEED=15                                            # SIPE/train_resnet50_SIPE.py COCO branch
+USE_IRN=${USE_IRN:-False}                   # True: IRN + random walk instead of the CRF labels
+SEED=${SEED:-15}                            # SIPE/train_resnet50_SIPE.py COCO branch
 
 # --- SFC training: SIPE's COCO settings (5 epochs, no in-training validation, no best.pth) ---
-SFC_BATCH_SIZE=16
-SFC_NUM_EPOCHES=5
-SFC_LR=0.1
-SFC_MOMENTUM=1e-4          # the authors' effective momentum
-SFC_DC_OFFSET=auto         # steps/epoch x 4 bank images x 3 / 80 classes (docs/faithfulness §3.7)
-SFC_SELECT_ON_GT=False     # the authors never validated on COCO
+SFC_BATCH_SIZE=${SFC_BATCH_SIZE:-16}
+SFC_NUM_EPOCHES=${SFC_NUM_EPOCHES:-5}
+SFC_LR=${SFC_LR:-0.1}
+SFC_MOMENTUM=${SFC_MOMENTUM:-1e-4}          # the authors' effective momentum
+SFC_DC_OFFSET=${SFC_DC_OFFSET:-auto}        # steps/epoch x 4 bank images x 3 / 80 classes (docs/faithfulness §3.7)
+SFC_SELECT_ON_GT=${SFC_SELECT_ON_GT:-False} # the authors never validated on COCO
 
 # --- CAMs and CRF labels (as VOC) ---
-CAM_SCALES="1.0 0.5 1.5 2.0"
-IR_PROTO_WEIGHT=0.7
-IR_BG_FACTOR=0.5
-IR_CRF_ITERS=12
+CAM_SCALES="${CAM_SCALES:-1.0 0.5 1.5 2.0}"
+IR_PROTO_WEIGHT=${IR_PROTO_WEIGHT:-0.7}
+IR_BG_FACTOR=${IR_BG_FACTOR:-0.5}
+IR_CRF_ITERS=${IR_CRF_ITERS:-12}
 
 # --- segmentation model: DeepLab-v2 ResNet-101, ImageNet init, on the final masks (LPCAM #3/#4 settings) ---
-SEG_INIT=${SEG_INIT:-imagenet}   # imagenet (torchvision resnet101 URL) | a .pth | none
-SEG_BATCH_SIZE=10
-SEG_ITERS=100000
-SEG_LR=2e-4
-SEG_LOSS=balanced
+SEG_INIT=${SEG_INIT:-imagenet}              # imagenet (torchvision resnet101 URL) | a .pth | none
+SEG_BATCH_SIZE=${SEG_BATCH_SIZE:-10}
+SEG_ITERS=${SEG_ITERS:-100000}
+SEG_LR=${SEG_LR:-2e-4}
+SEG_LOSS=${SEG_LOSS:-balanced}
 SEG_MICRO_BATCH=${SEG_MICRO_BATCH:-5}
 
 # --- pictures (python -m misc.visualize): CAM overlays per class, IR labels, pseudo masks, a contact sheet ---
-VIS_IMAGES=${VIS_IMAGES:-16}  # first N images of the evaluation list, drawn into $WORK_DIR/vis/; 0 = none
+VIS_IMAGES=${VIS_IMAGES:-16}                # first N images of the evaluation list, drawn into $WORK_DIR/vis/; 0 = none
 
 META=$WORK_DIR/meta
-PLAN=False   # bash run_coco.sh --plan True: what each step would cost, measured here; nothing is run or written
+PLAN=False                                  # bash run_coco.sh --plan True: what each step would cost, measured here; nothing is run or written
 case " $* " in *" --plan True "*) PLAN=True ;; esac
 if [ ! -f "$META/cls_labels.npz" ]; then
   if [ "$PLAN" = True ]; then

@@ -63,7 +63,7 @@ def get_parser():
                         'and losses stay IEEE float32')
     a.add_argument('--channels_last', default='auto', choices=('auto', 'True', 'False'),
                    help="NHWC memory layout for the networks; auto = on for CUDA, off on CPU (NCHW is the authors' "
-                        "arithmetic; channels-last moves the CAMs further from theirs: README)")
+                        "arithmetic; channels-last moves the CAMs further from theirs: docs/faithfulness.md §12)")
     a.add_argument('--run_log', '--log', dest='log', default=True, type=str2bool,
                    help='tee stdout into work_dir/run.log (spell it --run_log under torchrun, whose parser takes --log '
                         'for its own --log-dir)')
@@ -76,6 +76,10 @@ def get_parser():
     a.add_argument('--plan', default=False, type=str2bool,
                    help='print what the selected steps would cost (work, per-item time measured here by a short '
                         'micro-benchmark, estimated wall time) and stop; writes nothing')
+    a.add_argument('--redo', default='', type=str,
+                   help='steps whose outputs to remove and make again, comma-separated (e.g. make_cam,train_irn), '
+                        'with every output made from them; needed when a step\'s outputs were made with other '
+                        'settings (docs/pipeline.md, "Re-runs")')
     a.add_argument('--check_data', default=True, type=str2bool,
                    help='before the steps, check that every listed image, label and needed GT mask exists '
                         '(python -m misc.check_data also decodes every file)')
@@ -124,7 +128,8 @@ def get_parser():
     a.add_argument('--sfc_wdw', default=True, type=str2bool, help='ablation: L_WDW (cross-scale consistency)')
     a.add_argument('--sfc_dc_weights', default=True, type=str2bool, help='ablation: distribution-calibrating weights')
     a.add_argument('--sfc_select_on_gt', default=True, type=str2bool,
-                   help="the authors' checkpoint choice on PIXEL GT of --sfc_val_list every 300 steps; False = final weights")
+                   help="the authors' checkpoint choice on PIXEL GT of --sfc_val_list every 300 steps (the default, as "
+                        "the authors on VOC; run_coco.sh passes False); False = final weights")
     a.add_argument('--sfc_val_list', default=None, type=str, help='GT list for --sfc_select_on_gt (default --eval_list)')
     a.add_argument('--sfc_val_freq', default=300, type=int, help='validate when (g-1)%%300==0 and g > --sfc_val_min_step (:94-96)')
     a.add_argument('--sfc_val_min_step', default=10, type=int, help='no validation up to this step (g > 10, :299)')
@@ -143,14 +148,14 @@ def get_parser():
     a.add_argument('--cam_fg_scale', default=2.0, type=float, help='fg x2, the side effect of the same line')
     a.add_argument('--cam_norm_eps', default=1e-5, type=float, help='max-normalisation eps (make_cam.py:61, :73)')
     a.add_argument('--cam_fold_bn', default=False, type=str2bool,
-                   help="fold BatchNorm into the convs for make_cam/make_sem_seg (in float64): 7%% faster on CPU, off by "
-                        "default: folding moved the classifier CAM 3.8e-4 from the authors'; float64 folding is barely closer (README)")
+                   help="fold BatchNorm into the convs for make_cam/make_sem_seg (in float64): 4%% faster on CPU, off by "
+                        "default: folding moved the classifier CAM 3.8e-4 from the authors' (docs/faithfulness.md §12)")
     a.add_argument('--cam_skip_existing', default=True, type=str2bool, help='skip images whose cam/<id>.npz is complete')
     a.add_argument('--cam_eval_source', default=['proto_cam'], nargs='+', choices=camio.CAM_SOURCES,
                    help='CAM(s) scored; the authors score proto_cam only (SFC/eval_cam.py:20)')
     a.add_argument('--cam_eval_fuse_weight', default=0.3, type=float,
                    help='fused = cam + w * proto_cam (the commented final_cam, SFC/make_cam.py:81)')
-    a.add_argument('--cam_vis_count', default=0, type=int, help='CAM overlay PNGs written to vis/cam/')
+    a.add_argument('--cam_vis_count', default=0, type=int, help='eval_cam: CAM overlay PNGs written to vis/cam/ (0 = none)')
     a.add_argument('--cam_eval_sweep', default=False, type=str2bool,
                    help='also score the headline CAM at every background threshold (IRN style: a constant background '
                         'score) and offset (SFC style: background + offset) below: mIoU curves, the best values, '
@@ -230,7 +235,7 @@ def get_parser():
                         'follows --seg_init')
     a.add_argument('--seg_train_list', default=None, type=str, help='images DeepLab trains on (default --train_list)')
     a.add_argument('--seg_label_dir', default=None, type=str,
-                   help='pseudo masks DeepLab trains on (default work_dir/sem_seg; COCO recipe: work_dir/ir_label); '
+                   help='pseudo masks DeepLab trains on (default work_dir/sem_seg; run_coco.sh passes work_dir/ir_label); '
                         'never the GT')
     a.add_argument('--seg_batch_size', default=None, type=int, help='images per accumulation step (recipe: 10 / 5)')
     a.add_argument('--seg_iter_size', default=None, type=int,
@@ -312,6 +317,8 @@ def finalize_args(args):
     share = distributed.cpu_share()  # the usable cores split over the ranks of this machine
     if args.num_workers is None:
         args.num_workers = max(1, share // 2)
+    elif args.num_workers > share:  # processes x loader workers never exceed the usable cores
+        args.num_workers_asked, args.num_workers = args.num_workers, share
     args.ir_crf_workers = args.ir_crf_workers or share
     args.seg_crf_workers = args.seg_crf_workers or max(1, share - 1)
     args.work_dir = os.path.abspath(args.work_dir)
@@ -416,6 +423,31 @@ def print_summary(metrics_dir):
         print(format_table(['metric', 'value', 'on'], rows))
 
 
+def guard(args, steps, write=False):
+    """Provenance (misc/provenance.py), decided by rank 0 for every rank: --redo first (when write is False: before
+    the first step), then each step's record checked (and, with write, written before the step runs). Stops every
+    rank with the same one line when outputs were made otherwise."""
+    from misc import provenance
+    msg = None
+    if distributed.is_main():
+        try:
+            if not write and args.redo:
+                names = [x for x in args.redo.replace(' ', ',').split(',') if x]
+                removed = provenance.redo(args, names)
+                print(f'  --redo: removed the outputs of {", ".join(removed)}')
+            for s in steps:
+                provenance.check(args, s, write=write)
+        except provenance.StaleOutput as e:
+            msg = str(e)
+        except BadInput as e:
+            msg = 'bad:' + str(e)
+    msg = distributed.broadcast(msg)
+    if msg:
+        if msg.startswith('bad:'):
+            raise BadInput(msg[4:])
+        raise provenance.StaleOutput(msg)
+
+
 def main(argv=None):
     args = finalize_args(get_parser().parse_args(argv))
     steps = [s for s in STEPS if getattr(args, f'{s}_pass')]
@@ -445,9 +477,11 @@ def main(argv=None):
         if args.deterministic:
             from misc.torchutils import setup_determinism
             setup_determinism(args.device)
+        guard(args, steps)
         for s in steps:
             t0 = time.perf_counter()
             print(f'=== {s} ===')
+            guard(args, [s], write=True)
             if s not in EVAL_STEPS or main_rank:
                 results[s] = importlib.import_module(f'step.{s}').run(args)
             distributed.barrier()  # every rank's outputs are on disk before the next step reads them

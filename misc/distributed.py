@@ -234,7 +234,7 @@ def check_list(n, path, flag):
                        f'(torchrun --nproc_per_node) or use a longer list')
 
 
-def check_same_args(args, ignore=('device', 'num_workers', 'ir_crf_workers', 'seg_crf_workers')):
+def check_same_args(args, ignore=('device', 'num_workers', 'num_workers_asked', 'ir_crf_workers', 'seg_crf_workers')):
     """Stop when the ranks were started with different arguments (a rank each from a different command line). The
     device and the worker counts are per machine (resolved from its cores) and may differ."""
     if not active():

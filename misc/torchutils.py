@@ -317,5 +317,7 @@ def settings_line(args):
     return (f'settings: --amp {args.amp} ({conv}; the marked parts in IEEE float32), channels-last '
             f'{"on" if use_channels_last(args.channels_last, args.device) else "off"}, cudnn.benchmark '
             f'{"on for the fixed-size training crops" if cuda and not args.deterministic else "off"}'
-            f'{", deterministic" if args.deterministic else ""}; workers: loader {args.num_workers}, CRF '
-            f'{args.ir_crf_workers} (IR labels) / {args.seg_crf_workers} (make_seg)')
+            f'{", deterministic" if args.deterministic else ""}; workers: loader {args.num_workers}'
+            + (f' (--num_workers {args.num_workers_asked} capped at this process\'s share of the cores)'
+               if getattr(args, 'num_workers_asked', None) else '') + ', CRF '
+            + f'{args.ir_crf_workers} (IR labels) / {args.seg_crf_workers} (make_seg)')

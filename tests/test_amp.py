@@ -88,9 +88,8 @@ def test_batchnorm_folded_in_float64_keeps_the_cams():
 def test_every_network_step_runs_with_amp(tiny_voc, tmp_path, amp):
     work = str(tmp_path / amp)
     val = os.path.join(tiny_voc['meta'], 'val.txt')
-    for d in ('ir_label', 'sem_seg'):  # GT stands in for IR labels and pseudo masks
-        import shutil
-        shutil.copytree(os.path.join(tiny_voc['root'], 'SegmentationClassAug'), os.path.join(work, d))
+    import shutil  # GT stands in for the IR labels IRN trains on; make_sem_seg makes the masks DeepLab trains on
+    shutil.copytree(os.path.join(tiny_voc['root'], 'SegmentationClassAug'), os.path.join(work, 'ir_label'))
     res = run_sample.main(base_args(
         tiny_voc, work, '--amp', amp, '--sfc_num_epoches', '1', '--sfc_select_on_gt', 'False',
         '--train_list', val, '--irn_crop_size', '96', '--irn_batch_size', '2', '--irn_num_epoches', '1',
@@ -99,6 +98,7 @@ def test_every_network_step_runs_with_amp(tiny_voc, tmp_path, amp):
         '--seg_infer_list', val, '--train_sfc_pass', 'True', '--make_cam_pass', 'True', '--train_irn_pass', 'True',
         '--make_sem_seg_pass', 'True', '--train_seg_pass', 'True', '--make_seg_pass', 'True'))
     assert res['train_sfc']['steps'] == 3 and res['train_irn']['steps'] == 3 and res['train_seg']['steps'] == 2
+    assert res['make_sem_seg']['computed'] == len(open(val).read().split())
     for n in open(val).read().split():
         c = camio.load_cam(camio.cam_path(os.path.join(work, 'cam'), n))
         assert c['cam'].dtype == np.float32 and np.isfinite(c['cam']).all() and np.isfinite(c['proto_cam']).all()

@@ -13,7 +13,7 @@ import pytest
 import run_sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
+PAGES = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 'docs', '**', '*.md'), recursive=True))
 # modules run with python -m whose flags the docs may name (each has get_parser() or main(argv) with argparse)
 MODULES = ['voc12.make_cls_labels', 'voc12.synthetic', 'coco14.make_cls_labels', 'coco14.synthetic', 'misc.check_data',
            'misc.visualize', 'misc.stages', 'misc.figure', 'tools.ablation', 'tools.amp_check', 'tools.cam_fidelity',

@@ -128,10 +128,15 @@ def test_pipeline_through_eval_sem_seg(tiny_voc, tmp_path):
     assert res['train_irn']['steps'] == 2 * (len(names) // 2)
     sd = torch.load(os.path.join(work, 'ckpt', camio.IRN_WEIGHTS), weights_only=True)['net']
     assert 'fc_dp7.4.running_mean' in sd and not any(k.startswith('path_indices') for k in sd)
-    # re-running skips every finished image
+    # re-running with the same settings skips every finished image; with others it stops and names them
+    same = ['--irn_crop_size_infer', '96', '--exp_times', '4']
     again = run_sample.main(base_args(tiny_voc, work, '--infer_list', val, '--cam_to_ir_label_pass', 'True',
-                                      '--make_sem_seg_pass', 'True'))
+                                      '--make_sem_seg_pass', 'True', *same))
     assert again['cam_to_ir_label']['computed'] == 0 and again['make_sem_seg']['computed'] == 0
+    from misc.provenance import StaleOutput
+    with pytest.raises(StaleOutput, match='--exp_times 4 -> 8'):
+        run_sample.main(base_args(tiny_voc, work, '--infer_list', val, '--make_sem_seg_pass', 'True',
+                                  '--irn_crop_size_infer', '96'))
 
 
 def test_eval_sem_seg_scores_by_hand(tiny_voc, tmp_path):

@@ -65,9 +65,12 @@ def test_input_errors_are_still_the_builtin_kinds():
 @pytest.mark.parametrize('damage', ['truncated', 'not_a_resume_file'])
 def test_damaged_resume_file_says_how_to_start_over(tiny_voc, tmp_path, damage):
     import torch
+
+    from misc import provenance
     work = str(tmp_path / 'w')
+    argv = base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--sfc_select_on_gt', 'False')
+    provenance.check(run_sample.finalize_args(run_sample.get_parser().parse_args(argv)), 'train_sfc')  # its record
     resume = os.path.join(work, 'ckpt', 'sfc_resume.pth')
-    os.makedirs(os.path.dirname(resume))
     if damage == 'truncated':
         torch.save({'net': {'w': torch.zeros(1000)}, 'step': 3}, resume)
         with open(resume, 'r+b') as f:
@@ -77,7 +80,7 @@ def test_damaged_resume_file_says_how_to_start_over(tiny_voc, tmp_path, damage):
         torch.save({'net': {}}, resume)
         match = r'resume file .*sfc_resume\.pth lacks optimizer, step, max_step.*rm '
     with pytest.raises(errors.BadInput, match=match):
-        run_sample.main(base_args(tiny_voc, work, '--train_sfc_pass', 'True', '--sfc_select_on_gt', 'False'))
+        run_sample.main(argv)
 
 
 def test_errors_from_loader_workers_keep_one_line():

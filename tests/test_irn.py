@@ -103,11 +103,9 @@ def test_pseudo_label_matches_authors(fixture):
     np.testing.assert_array_equal(lab, z['pseudo_label'])
 
 
-def test_irn_parameter_groups_and_authors_checkpoint():
-    net = resnet50_irn.Net(64)
-    edge, dp = net.trainable_parameters()
-    assert (len(edge), sum(p.numel() for p in edge)) == (17, 125409)
-    assert (len(dp), sum(p.numel() for p in dp)) == (22, 1269120)
+def authors_irn_state_dict(net):
+    """Our tensors under the authors' 1 056 IRN names: aliases (stage*, backbone.*, edge_layers.*, dp_layers.*,
+    mean_shift) and the loss's buffers (path_indices*, disp_target), as their train_irn.py saves them."""
     sd = dict(net.state_dict())
     authors = dict(sd)
     for k, v in sd.items():  # the authors' 1 056 keys: aliases and the loss buffers
@@ -133,6 +131,15 @@ def test_irn_parameter_groups_and_authors_checkpoint():
     for i, pi in enumerate(p.path_indices):
         authors[f'path_indices{i}'] = torch.from_numpy(pi)
     authors['disp_target'] = torch.zeros(1, 2, 152, 1)
+    return authors
+
+
+def test_irn_parameter_groups_and_authors_checkpoint():
+    net = resnet50_irn.Net(64)
+    edge, dp = net.trainable_parameters()
+    assert (len(edge), sum(p.numel() for p in edge)) == (17, 125409)
+    assert (len(dp), sum(p.numel() for p in dp)) == (22, 1269120)
+    authors = authors_irn_state_dict(net)
     assert len(authors) == 1056
     dst = resnet50_irn.EdgeDisplacement(backbone_width=64)
     resnet50_irn.load_irn_weights(dst, authors)

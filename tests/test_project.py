@@ -67,9 +67,9 @@ def test_imagenet_weights_from_local_file(tmp_path):
 
 def test_run_log_starts_with_the_environment_and_the_settings(tmp_path):
     work = str(tmp_path / 'w')
-    run_sample.main(['--work_dir', work, '--device', 'cpu', '--amp', 'bf16', '--num_workers', '3'])
+    run_sample.main(['--work_dir', work, '--device', 'cpu', '--amp', 'bf16', '--num_workers', '1'])
     lines = open(os.path.join(work, 'run.log')).read().splitlines()
     assert lines[1].startswith('environment: Python ') and 'torch ' + torch.__version__ in lines[1]
     assert 'usable CPU cores' in lines[1] and 'pydensecrf yes' in lines[1]
     assert lines[2].startswith('settings: --amp bf16 (bf16 autocast') and 'channels-last off' in lines[2]
-    assert 'loader 3' in lines[2]
+    assert 'loader 1' in lines[2]

@@ -163,3 +163,26 @@ def test_tensorboard_flag(tiny_voc, tmp_path):
 def test_list_shorter_than_one_batch(tiny_voc, tmp_path):
     with pytest.raises(ValueError, match=r'train_aug\.txt has 22 images, fewer than one batch \(--sfc_batch_size 100\)'):
         run_sample.main(base_args(tiny_voc, str(tmp_path / 'w'), '--train_sfc_pass', 'True', '--sfc_batch_size', '100'))
+
+
+def test_a_block_that_stops_on_an_error_still_finishes_the_submitted_writes(tmp_path):
+    """misc.workpool.Background: jobs submitted before the block raises (the writes of work already computed) are
+    completed before the error leaves the block (the pool is not shut down with its queue cancelled), and the error
+    is the block's own, not a job's."""
+    import threading
+
+    from misc.workpool import Background
+    release = threading.Event()
+
+    def slow_write(path):
+        release.wait(10)  # still queued or running when the block raises
+        with open(path, 'w') as f:
+            f.write('done')
+    paths = [tmp_path / f'{i}.txt' for i in range(3)]
+    with pytest.raises(KeyError, match='the block'):
+        with Background(1, 'thread') as pool:  # make_cam's writer
+            for p in paths:
+                pool.submit(slow_write, str(p))
+            threading.Timer(0.2, release.set).start()
+            raise KeyError('the block')
+    assert all(p.read_text() == 'done' for p in paths)

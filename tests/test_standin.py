@@ -88,11 +88,14 @@ def test_demo_recipe_and_ablation_defaults_agree():
     """The ablation's default rows train SFC exactly as run_demo.sh does (and its quick recipe as --quick), on the same
     generated data."""
     text = open(os.path.join(ROOT, 'run_demo.sh')).read().replace('$STANDIN', 'weights/standin')
-    main, quick = text.split('if [ "$QUICK" = True ]; then')[0], text.split('if [ "$QUICK" = True ]; then')[1]
+    quick = text.split('if [ "$QUICK" = True ]; then')[1]
+    main = quick[quick.index('\nfi\n'):quick.index('if [ -n "${DATA:-}" ]')]  # the demo's values follow the
+    # quick ones (which, when set, win)
     quick = quick[:quick.index('\nfi\n')]
 
     def values(part):
-        env = {m.group(1): m.group(2).strip('"') for m in re.finditer(r'([A-Z_]+)=("[^"]*"|[^\s;]+)', part)}
+        env = {m.group(1): m.group(2).strip('"')
+               for m in re.finditer(r'([A-Z_]+)=("[^"]*"|\$\{[^}]*\}|[^\s;]+)', part)}
         return {k: (re.fullmatch(r'\$\{\w+:-(.*)\}', v).group(1) if v.startswith('${') else v) for k, v in env.items()}
     env_main = values(main)
     block = text[text.index('# 1. SFC'):text.index('--train_sfc_pass True')]

@@ -43,18 +43,12 @@ def test_benchmark_reports_a_failing_stage_as_an_error_and_a_slow_one_as_a_timeo
 
 def test_benchmark_one_process_keeps_each_stage_result_past_a_failure():
     """--one_process True (gpu_check.sh): the stages of a precision share a process; a stage that raises is
-    reported as failed with its message and the next stage still runs and reports; a stage cut by the time limit is
-    reported as such while those finished before it keep their results."""
+    reported as failed with its message and the next stage still runs and reports (a part cut by its time limit:
+    the gpu_check test below)."""
     res = benchmark.main(['--stages', 'train_irn_step', 'make_cam', '--width', '7', '--width_px', '80', '--height',
                           '60', '--scales', '1.0', '--threads', '1', '--one_process', 'True'])
     assert [r['key'] for r in res] == ['train_irn_step', 'make_cam']
     assert res[0]['error'].startswith('failed with exit status 1: BadInput') and 'error' not in res[1]
-    # make_cam of an 80x60 image takes about a second; an SFC step of 256 + 4 crops of 512 px minutes on one core
-    res = benchmark.main(['--stages', 'make_cam', 'train_step', '--width', '8', '--width_px', '80', '--height', '60',
-                          '--scales', '1.0', '--batch', '256', '--sfc_micro_batch', '4', '--threads', '1',
-                          '--one_process', 'True', '--timeout', '30'])
-    assert [r['key'] for r in res] == ['make_cam', 'train_step']
-    assert 'error' not in res[0] and res[1]['error'] == 'stopped at its time limit of 30 s'
 
 
 def gpu_check(tmp_path, **env):
@@ -144,3 +138,34 @@ def test_a_timed_part_skips_the_warm_up_run_only_when_there_was_one():
         benchmark._timed(a, lambda: parts.append([5.0, 1.0, 3.0][len(parts)]))
         assert len(parts) == repeats + warmup
         assert benchmark._timed_part(a, parts) == want
+
+
+def test_every_mutation_applies_to_the_code():
+    """tools/mutate.py refuses an edit whose text is not in its file exactly once: the list must follow the code."""
+    from tools import mutate
+    stale = [e[0] for e in mutate.EDITS if not mutate.applies(mutate.ROOT, e)]
+    assert not stale, f'edits that no longer apply: {stale}'
+    assert len(mutate.EDITS) >= 40 and all(os.path.isfile(os.path.join(mutate.ROOT, t)) for e in mutate.EDITS
+                                           for t in e[4])
+
+
+def test_mutate_counts_only_failing_tests_as_kills(tmp_path):
+    """A failure in a test body is a kill (named); a collection error, a missing package or a timeout is not."""
+    from tools import mutate
+    edit = ('x', 'misc/x.py', 'a', 'b', ['tests/test_x.py'], None)
+    assert mutate.judge(edit, ('failed', [('tests.test_x::test_a', 'AssertionError: 1 != 2')], []))[0] == 'killed'
+    verdict, why = mutate.judge(edit, ('failed', [('tests.test_y::test_b', 'assert 0')], []))
+    assert verdict == 'killed' and 'not one of the tests named' in why
+    assert mutate.judge(edit, ('error', [], [('tests.test_x', 'ImportError: no module')]))[0] == 'error'
+    assert mutate.judge(edit, ('timeout', [], []))[0] == 'timeout'
+    assert mutate.judge(edit, ('passed', [], []))[0] == 'SURVIVED'
+    xml = tmp_path / 'r.xml'
+    xml.write_text('<testsuites><testsuite><testcase classname="tests.test_x" name="test_a">'
+                   '<failure message="AssertionError: boom">tb</failure></testcase>'
+                   '<testcase classname="tests.test_x" name="test_b"><failure message="ModuleNotFoundError: no '
+                   'module named pydensecrf">tb</failure></testcase>'
+                   '<testcase classname="tests.test_y" name="test_c"><error message="failed on setup">tb</error>'
+                   '</testcase></testsuite></testsuites>')
+    failed, errors = mutate.outcome(str(xml))
+    assert [f[0] for f in failed] == ['tests.test_x::test_a']
+    assert [e[0] for e in errors] == ['tests.test_x::test_b', 'tests.test_y::test_c']

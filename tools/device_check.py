@@ -45,6 +45,7 @@ LOSS_REL = 1e-3     # the first logged loss of a training step
 STANDIN = os.path.join(ROOT, 'weights', 'standin')
 # the miniature: every step runs in seconds on a CPU core, every code path of the real run is taken
 DATA = dict(n_train=16, n_val=8, n_aug=16, seed=0, min_size=64, max_size=96)
+TINY = dict(n_train=6, n_val=4, n_aug=2, seed=0, min_size=64, max_size=80)  # --tiny: the script's own test
 
 
 def flags(root, meta, work, device, deterministic=True):
@@ -178,7 +179,7 @@ class Check:
             return
         from voc12.make_cls_labels import build
         from voc12.synthetic import make_synthetic_voc
-        make_synthetic_voc(self.root, **DATA)
+        make_synthetic_voc(self.root, **(TINY if self.a.tiny else DATA))
         build(self.root, self.meta)
 
     def sfc(self, work, device, steps, deterministic=True, launch=None):
@@ -265,6 +266,7 @@ def main(argv=None):
     p.add_argument('--device', default='cuda', choices=('cpu', 'cuda'))
     p.add_argument('--work_dir', default='work/device_check')
     p.add_argument('--parts', nargs='+', default=list(PARTS), choices=PARTS)
+    p.add_argument('--tiny', action='store_true', help='a smaller set (12 images): the test of this tool')
     a = p.parse_args(argv)
     c = Check(a)
     os.makedirs(c.work, exist_ok=True)

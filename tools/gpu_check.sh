@@ -123,7 +123,7 @@ fi
 BENCH_EXTRA=(${BENCH_ARGS:-})   # more benchmark flags (e.g. --stages train_step)
 N_AMP=${#AMPS[@]}
 on device_check && part device_check "$OUT/device_check.txt" "$PY" -m tools.device_check --device "$DEVICE" \
-  --work_dir "$WORK/device_check" --parts $DC_PARTS
+  --work_dir "$WORK/device_check" --parts $DC_PARTS $([ "$TINY" = 1 ] && echo --tiny)
 cp "$WORK/device_check/device_check.json" "$OUT/" 2>/dev/null
 # each precision's process gets its share of the part's limit, so that one slow precision leaves the others theirs
 on benchmark && part benchmark "$OUT/benchmark.txt" "$PY" tools/benchmark.py --device "$DEVICE" --amp "${AMPS[@]}" \

@@ -6,9 +6,16 @@ scratch copy of the repository, runs the tests on it and reports which edits the
     python -m tools.mutate --fast             # each edit against the test files named with it (quicker, less sure)
     python -m tools.mutate --list             # what the edits are
 
-Not part of CI (each edit runs the suite: an hour or more for the whole list on 2 cores). An edit that survives is
-a line no test looks at, or an equivalent edit (one that cannot change any result; marked as such below, with
-why). An edit whose text no longer matches the source is reported as stale: update the list with the code.
+Not part of CI (each edit runs the suite: an hour or more for the whole list on 2 cores). Honest by construction:
+- the unmutated copy runs the same tests first; if they do not pass there, no edit is judged;
+- an edit whose text is not found exactly once in its file is refused before anything runs (and
+  tests/test_tools.py keeps every edit applying to the code);
+- an edit is killed only when a test FAILS in its body (an assertion, or an exception the code raised), read from
+  pytest's JUnit report: a collection or fixture error, a missing package, a timeout or a crash of pytest itself is
+  reported as such, not as a kill;
+- the report names the test that killed each edit, and says when it is not one of the tests named with the edit.
+An edit that survives is a line no test looks at, or an equivalent edit (one that cannot change any result; marked
+as such below, with why).
 """
 import argparse
 import os
@@ -17,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -39,7 +47,8 @@ EDITS = [
      'idx = torch.randint(0, self.n, (k,), generator=generator)',
      'idx = torch.randint(0, self.n // 2, (k,), generator=generator)', ['tests/test_image_bank.py'], None),
     ("image bank stores another row's crop mask", 'misc/image_bank.py',
-     'self.mask[cls] = mask[src].to(torch.uint8)', 'self.mask[cls] = mask[src - 1].to(torch.uint8)',
+     'self.mask.copy_(torch.where(filled.view(-1, 1, 1), mask[src].to(torch.uint8), self.mask))',
+     'self.mask.copy_(torch.where(filled.view(-1, 1, 1), mask[(src - 1).clamp_min(0)].to(torch.uint8), self.mask))',
      ['tests/test_image_bank.py'], None),
     ("make_seg's flipped logits not flipped back", 'step/make_seg.py',
      'parts = [out[0:1], out[1:2].flip(-1)] if flip else [out]', 'parts = [out[0:1], out[1:2]] if flip else [out]',
@@ -54,7 +63,7 @@ EDITS = [
      ['tests/test_authors_constants.py'], None),
     ('--irn_lr default 0.1 -> 0.05', 'run_sample.py', "'--irn_lr', default=0.1,", "'--irn_lr', default=0.05,",
      ['tests/test_authors_constants.py'], None),
-    ('run_voc.sh passes another SFC lr', 'run_voc.sh', 'SFC_LR=0.1 ', 'SFC_LR=0.2 ',
+    ('run_voc.sh passes another SFC lr', 'run_voc.sh', 'SFC_LR=${SFC_LR:-0.1}', 'SFC_LR=${SFC_LR:-0.2}',
      ['tests/test_authors_constants.py'], None),
     ('random walk ignores the boundary map on its input', 'step/make_sem_seg.py',
      'x = torch.cat([g[1:], g2]) * (1 - edge)', 'x = torch.cat([g[1:], g2])', ['tests/test_irn.py'], None),
@@ -91,8 +100,56 @@ EDITS = [
      'g = torch.Generator().manual_seed(int(seed) * 100003 + int(epoch))',
      'g = torch.Generator().manual_seed(int(epoch))', ['tests/test_image_bank.py'], None),
     ('balanced CE without the background group', 'net/seg_loss.py',
-     'terms = [(ce * m).sum() / d for m, d in groups if d > 0]',
-     'terms = [(ce * m).sum() / d for m, d in groups[1:] if d > 0]', ['tests/test_deeplab.py'], None),
+     'return (terms[0] * present[0] + terms[1] * present[1]) / present.sum().clamp_min(1)',
+     'return terms[1] * present[1] / present[1].clamp_min(1)', ['tests/test_deeplab.py'], None),
+    # --- the seams: whole forward passes, the step wiring, recipes, provenance, the device check ---
+    ("L_PDW's gradient leaks into layer3 (side3 reads x3 undetached)", 'net/resnet50_sfc.py',
+     'self.side3(x3.detach())', 'self.side3(x3)', ['tests/test_forward_golden.py'], None),
+    ('hierarchical features resized with align_corners=True', 'net/resnet50_sfc.py',
+     "s = F.interpolate(s, size=size, mode='bilinear', align_corners=False)",
+     "s = F.interpolate(s, size=size, mode='bilinear', align_corners=True)", ['tests/test_forward_golden.py'], None),
+    ("PCM's image resized with align_corners=False", 'net/resnet50_sfc.py',
+     "F.interpolate(x, size=x4.shape[2:], mode='bilinear', align_corners=True)",
+     "F.interpolate(x, size=x4.shape[2:], mode='bilinear', align_corners=False)", ['tests/test_forward_golden.py'],
+     None),
+    ('classification score as the max of the CAM instead of its mean', 'net/resnet50_sfc.py',
+     'score = logits.mean(dim=(2, 3), keepdim=True)', 'score = logits.amax(dim=(2, 3), keepdim=True)',
+     ['tests/test_forward_golden.py'], None),
+    ("CAM network fuses the flipped view without flipping it back", 'net/resnet50_sfc.py',
+     'return t[0:1] + t[1:2].flip(-1)', 'return t[0:1] + t[1:2]', ['tests/test_forward_golden.py'], None),
+    ('IRN edge map as the sigmoid of the sum of the two views', 'net/resnet50_irn.py',
+     'edge = torch.sigmoid(edge_out[0] / 2 + edge_out[1].flip(-1) / 2)',
+     'edge = torch.sigmoid(edge_out[0] + edge_out[1].flip(-1))', ['tests/test_forward_golden.py'], None),
+    ('EdgeDisplacement without the pad to the crop size', 'net/resnet50_irn.py',
+     'edge_out, dp_out = super().forward(F.pad(x, [0, pw - w, 0, ph - h]))',
+     'edge_out, dp_out = super().forward(x)', ['tests/test_forward_golden.py'], None),
+    ('IRN mean shift applied in training mode too', 'net/resnet50_irn.py',
+     'return x if self.training else x - self.running_mean.view(1, -1, 1, 1)',
+     'return x - self.running_mean.view(1, -1, 1, 1)', ['tests/test_forward_golden.py'], None),
+    ('all_gather outputs in the input layout, input sent contiguous', 'misc/distributed.py',
+     'parts = [torch.empty(src.shape, dtype=src.dtype, device=src.device) for _ in range(world())]',
+     'parts = [torch.empty_like(t) for _ in range(world())]', ['tests/test_distributed.py'], None),
+    ('an interrupted inference step drops its queued writes (as before the drain)', 'misc/workpool.py',
+     '                self.drain()  # submitted, whose results were computed, so that nothing done is lost; then '
+     're-raise\n        finally:\n            self.pool.shutdown(wait=True)\n',
+     '                pass\n        finally:\n            self.pool.shutdown(wait=True, cancel_futures=True)\n',
+     ['tests/test_robustness.py'], None),
+    ('make_cam record without --cam_scales', 'misc/provenance.py',
+     "'make_cam': ['dataset', 'amp', 'backbone_width', 'sfc_proto_bg_factor', 'cam_scales', 'cam_bg_offset',",
+     "'make_cam': ['dataset', 'amp', 'backbone_width', 'sfc_proto_bg_factor', 'cam_bg_offset',",
+     ['tests/test_provenance.py'], None),
+    ('--redo leaves what was made from the step', 'misc/provenance.py', '                todo.append(other)',
+     '                pass', ['tests/test_provenance.py'], None),
+    ('run_voc.sh ignores SEED from the environment', 'run_voc.sh', 'SEED=${SEED:-10}', 'SEED=10',
+     ['tests/test_recipes.py'], None),
+    ("run_demo.sh drops the flags after -- in DeepLab's call", 'run_demo.sh',
+     '--make_seg_pass True --eval_seg_pass True "${EXTRA[@]}"', '--make_seg_pass True --eval_seg_pass True',
+     ['tests/test_recipes.py'], None),
+    ('loader workers not capped at the share of the cores', 'run_sample.py',
+     '        args.num_workers_asked, args.num_workers = args.num_workers, share',
+     '        args.num_workers_asked = None', ['tests/test_recipes.py'], None),
+    ('gpu_check.sh reports a failed part as done', 'tools/gpu_check.sh', '  if [ $rc -eq 0 ]; then',
+     '  if true; then', ['tests/test_tools.py'], None),
 ]
 
 
@@ -107,33 +164,77 @@ def scratch_copy(dest):
             shutil.copy2(src, os.path.join(dest, f))
 
 
+def applies(root, edit):
+    """The edit's text is found exactly once in its file (else the edit no longer describes the code)."""
+    _, path, old, _, _, _ = edit
+    p = os.path.join(root, path)
+    return os.path.isfile(p) and open(p, encoding='utf-8').read().count(old) == 1
+
+
 def apply(dest, path, old, new):
     p = os.path.join(dest, path)
     text = open(p, encoding='utf-8').read()
-    if text.count(old) != 1:
-        return False
     with open(p, 'w', encoding='utf-8') as f:
         f.write(text.replace(old, new))
-    return True
 
 
-def run_edit(i, edit, fast, timeout):
+ENVIRONMENT_ERRORS = ('ImportError', 'ModuleNotFoundError', 'PermissionError')
+
+
+def outcome(xml_path):
+    """(failed tests [(test id, why)], errors [(test id, why)]) from pytest's JUnit report: a <failure> is a test
+    that failed in its body; an <error> failed in collection or set-up. A failure caused by a missing package is
+    moved to the errors."""
+    failed, errors = [], []
+    if not os.path.isfile(xml_path):
+        return failed, errors
+    for case in ET.parse(xml_path).getroot().iter('testcase'):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        for tag, out in (('failure', failed), ('error', errors)):
+            for el in case.findall(tag):
+                msg = (el.get('message') or '').strip().splitlines()[0][:160] if el.get('message') else ''
+                kind = msg.split(':', 1)[0].strip()
+                if tag == 'failure' and kind in ENVIRONMENT_ERRORS:
+                    errors.append((name, msg))
+                else:
+                    out.append((name, msg))
+    return failed, errors
+
+
+def run_tests(d, tests, timeout):
+    """pytest on the copy d: (outcome, seconds) with outcome 'passed', 'failed' (failed, errors), 'error' or
+    'timeout'."""
+    xml = os.path.join(d, '.mutate_report.xml')
+    if os.path.exists(xml):
+        os.remove(xml)
+    cmd = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', f'--junitxml={xml}', *tests]
+    t0 = time.time()
+    try:
+        out = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return ('timeout', [], []), time.time() - t0
+    failed, errors = outcome(xml)
+    if out.returncode == 0:
+        return ('passed', [], []), time.time() - t0
+    if failed:
+        return ('failed', failed, errors), time.time() - t0
+    tail = (out.stdout + out.stderr).strip().splitlines()[-1:] or ['pytest exited with status %d' % out.returncode]
+    return ('error', failed, errors or [('pytest', tail[0][:160])]), time.time() - t0
+
+
+def judge(edit, result):
+    """The verdict of one edit from its test run."""
     what, path, old, new, tests, equivalent = edit
-    with tempfile.TemporaryDirectory(prefix='sfc_mutate_') as d:
-        scratch_copy(d)
-        if not apply(d, path, old, new):
-            return 'stale', 0.0, f'the text is not found once in {path}'
-        t0 = time.time()
-        cmd = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', *(tests if fast else ['tests'])]
-        try:
-            out = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return 'timeout', time.time() - t0, ''
-        took = time.time() - t0
-        failed = [line.split(' ')[1] for line in out.stdout.splitlines() if line.startswith(('FAILED', 'ERROR'))]
-        if out.returncode == 0:
-            return ('survived (equivalent)' if equivalent else 'SURVIVED'), took, equivalent or ''
-        return 'killed', took, failed[0] if failed else out.stdout.strip().splitlines()[-1][:80]
+    kind, failed, errors = result
+    if kind == 'passed':
+        return ('survived (equivalent)' if equivalent else 'SURVIVED'), equivalent or ''
+    if kind == 'timeout':
+        return 'timeout', 'no verdict: the tests ran past --timeout'
+    if kind == 'error':
+        return 'error', f'no verdict: {errors[0][0]}: {errors[0][1]}'
+    killer, why = failed[0]
+    named = any(killer.replace('.', '/').startswith(t[:-3]) for t in tests)
+    return 'killed', f'{killer}' + ('' if named else ' (not one of the tests named with the edit)')
 
 
 def main(argv=None):
@@ -147,15 +248,37 @@ def main(argv=None):
     if a.list:
         print(format_table(['#', 'edit', 'file', 'equivalent'], [[i, e[0], e[1], 'yes' if e[5] else ''] for i, e in chosen]))
         return []
+    stale = [(i, e) for i, e in chosen if not applies(ROOT, e)]
+    if stale:
+        for i, e in stale:
+            print(f'[mutate] edit {i} ({e[0]}) does not apply: its text is not found exactly once in {e[1]}')
+        raise SystemExit('refused: update the edits above to the code first')
     rows = []
-    for i, e in chosen:
-        verdict, took, detail = run_edit(i, e, a.fast, a.timeout)
-        rows.append([i, e[0], verdict, format_seconds(took), detail])
-        print(f'[mutate] {i:2d} {verdict:9s} {format_seconds(took):>7s}  {e[0]}  {detail}', flush=True)
-    print(format_table(['#', 'edit', 'verdict', 'time', 'first failing test / why'], rows))
-    survived = [r for r in rows if r[2] in ('SURVIVED', 'stale', 'timeout')]
+    with tempfile.TemporaryDirectory(prefix='sfc_mutate_') as d:
+        scratch_copy(d)
+        baseline = sorted({t for _, e in chosen for t in e[4]}) if a.fast else ['tests']
+        (kind, failed, errors), took = run_tests(d, baseline, a.timeout * 2)
+        print(f'[mutate] unmutated copy: {kind} in {format_seconds(took)} ({" ".join(baseline)})', flush=True)
+        if kind != 'passed':
+            why = (failed or errors or [('', kind)])[0]
+            raise SystemExit(f'refused: the tests do not pass on the unmutated copy ({why[0]} {why[1]})')
+        for i, e in chosen:
+            what, path, old, new, tests, equivalent = e
+            src = os.path.join(d, path)
+            original = open(src, encoding='utf-8').read()
+            apply(d, path, old, new)
+            try:
+                result, took = run_tests(d, tests if a.fast else ['tests'], a.timeout)
+            finally:
+                with open(src, 'w', encoding='utf-8') as f:
+                    f.write(original)
+            verdict, detail = judge(e, result)
+            rows.append([i, what, verdict, format_seconds(took), detail])
+            print(f'[mutate] {i:2d} {verdict:9s} {format_seconds(took):>7s}  {what}  {detail}', flush=True)
+    print(format_table(['#', 'edit', 'verdict', 'time', 'killed by / why'], rows))
+    bad = [r for r in rows if r[2] not in ('killed', 'survived (equivalent)')]
     print(f'{len(rows)} edits: {sum(r[2] == "killed" for r in rows)} killed, '
-          f'{sum(r[2].startswith("survived") for r in rows)} equivalent, {len(survived)} survived, stale or timed out')
+          f'{sum(r[2].startswith("survived") for r in rows)} equivalent, {len(bad)} survived or without a verdict')
     return rows
 
 

@@ -1,0 +1,169 @@
+"""The shell recipes do what their headers say: every setting is a variable the environment can set (the seed too),
+flags after the recipe's own win over both, the DeepLab recipe switch switches, and the documented partial runs
+select the steps they name. The recipes run here with a stand-in interpreter (PYTHON=) that records each command
+it is given instead of running it; run_sample's own parser then reads the recorded commands."""
+import os
+import stat
+import subprocess
+
+import pytest
+
+import run_sample
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORDER = '''#!/usr/bin/env bash
+# records its arguments (one command per record, NUL-separated) and does nothing else
+printf '%s\\0' "$@" >> "$RECORD"
+printf '\\n\\0' >> "$RECORD"
+'''
+
+
+def recorded(tmp_path, script, *args, **env):
+    """The run_sample.py commands (argument lists) a recipe issues under env, with trailing args."""
+    fake = tmp_path / 'python'
+    fake.write_text(RECORDER)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    record = tmp_path / 'record'
+    record.write_bytes(b'')
+    work = tmp_path / 'work'
+    (work / 'meta').mkdir(parents=True, exist_ok=True)
+    for f in ('cls_labels.npz', 'train_aug.txt', 'train.txt', 'val.txt', 'train2014.txt', 'val2014.txt'):
+        (work / 'meta' / f).write_text('')
+    base = {k: v for k, v in os.environ.items() if k not in ('VIRTUAL_ENV', 'CONDA_PREFIX')}
+    base.update(PYTHON=str(fake), RECORD=str(record), WORK_DIR=str(work), VIS_IMAGES='0', DEVICE='cpu',
+                VOC12_ROOT=str(tmp_path / 'voc'), COCO14_ROOT=str(tmp_path / 'coco'))
+    base.update(env)
+    out = subprocess.run(['bash', os.path.join(ROOT, script), *args], env=base, capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    calls, current = [], []
+    for tok in record.read_bytes().split(b'\0'):
+        if tok == b'\n':
+            calls.append(current)
+            current = []
+        elif tok:
+            current.append(tok.decode())
+    return [c[1:] for c in calls if c and c[0].endswith('run_sample.py')]
+
+
+def parse(call):
+    return run_sample.get_parser().parse_args(call)
+
+
+def steps(args):
+    return [s for s in run_sample.STEPS if getattr(args, f'{s}_pass')]
+
+
+def test_run_voc_sh_defaults_environment_and_trailing_flags_in_that_order(tmp_path):
+    main, = recorded(tmp_path, 'run_voc.sh')
+    a = parse(main)
+    assert a.seed == 10 and a.sfc_lr == 0.1 and a.exp_times == 8 and len(steps(a)) == 10
+    main, = recorded(tmp_path, 'run_voc.sh', SEED='11', SFC_LR='0.05', CAM_SCALES='1.0 0.5')
+    a = parse(main)
+    assert a.seed == 11 and a.sfc_lr == 0.05 and a.cam_scales == [1.0, 0.5]
+    main, = recorded(tmp_path, 'run_voc.sh', '--sfc_lr', '0.07', '--seed', '12', SEED='11', SFC_LR='0.05')
+    a = parse(main)
+    assert a.sfc_lr == 0.07 and a.seed == 12
+
+
+def test_run_voc_sh_seg_recipe_switch_switches(tmp_path):
+    """SEG_RECIPE=deeplab_coco gets deeplab-pytorch's batch, iterations, loss and scales (the recipe owns them), and a
+    value the user sets still wins over the recipe."""
+    def resolved(call):
+        a = run_sample.finalize_args(parse(call + ['--plan', 'True']))
+        return a.seg_batch_size, a.seg_iter_size, a.seg_iters, a.seg_loss, a.seg_scale_mode, a.seg_init
+    main, = recorded(tmp_path, 'run_voc.sh')
+    assert resolved(main) == (10, 1, 30000, 'balanced', 'uniform', 'imagenet')
+    main, = recorded(tmp_path, 'run_voc.sh', SEG_RECIPE='deeplab_coco', SEG_INIT='/w/deeplab.pth')
+    assert resolved(main) == (5, 2, 20000, 'ce', 'choice', '/w/deeplab.pth')
+    main, = recorded(tmp_path, 'run_voc.sh', SEG_RECIPE='deeplab_coco', SEG_ITERS='500')
+    assert resolved(main)[2] == 500
+
+
+def test_run_voc_sh_documented_partial_runs(tmp_path):
+    main, = recorded(tmp_path, 'run_voc.sh', '--train_sfc_pass', 'False', '--train_irn_pass', 'False',
+                     '--train_seg_pass', 'False', '--sfc_weights', '/w/res50_sfc.pth')
+    a = parse(main)
+    assert steps(a) == ['make_cam', 'eval_cam', 'cam_to_ir_label', 'make_sem_seg', 'eval_sem_seg', 'make_seg',
+                        'eval_seg'] and a.sfc_weights == '/w/res50_sfc.pth'
+    main, = recorded(tmp_path, 'run_voc.sh', '--train_irn_pass', 'False', '--make_sem_seg_pass', 'False',
+                     '--eval_sem_seg_pass', 'False', '--train_seg_pass', 'False', '--make_seg_pass', 'False',
+                     '--eval_seg_pass', 'False')
+    assert steps(parse(main)) == ['train_sfc', 'make_cam', 'eval_cam', 'cam_to_ir_label']
+    test_root = tmp_path / 'VOC2012_test'
+    main, export = recorded(tmp_path, 'run_voc.sh', VOC12_TEST_ROOT=str(test_root))
+    e = parse(export)
+    assert steps(e) == ['make_seg'] and e.seg_export_voc_test and e.seg_infer_root == str(test_root)
+
+
+def test_run_coco_sh_environment_and_trailing_flags(tmp_path):
+    main, = recorded(tmp_path, 'run_coco.sh')
+    a = parse(main)
+    assert a.dataset == 'coco14' and a.seed == 15 and a.seg_iters == 100000
+    main, = recorded(tmp_path, 'run_coco.sh', '--seg_iters', '7', SEED='16', SEG_ITERS='50000')
+    a = parse(main)
+    assert a.seed == 16 and a.seg_iters == 7
+
+
+def test_run_demo_sh_environment_and_flags_after_the_separator(tmp_path):
+    calls = recorded(tmp_path, 'run_demo.sh', str(tmp_path / 'demo'))
+    assert len(calls) == 3 and all(parse(c).seed == 10 for c in calls)
+    assert parse(calls[2]).seg_iters == 300
+    calls = recorded(tmp_path, 'run_demo.sh', str(tmp_path / 'demo'), '--', '--sfc_lr', '0.05', '--seg_iters', '9',
+                     SEED='11', SEG_ITERS='600')
+    assert all(parse(c).seed == 11 and parse(c).sfc_lr == 0.05 for c in calls)
+    assert parse(calls[2]).seg_iters == 9
+    calls = recorded(tmp_path, 'run_demo.sh', str(tmp_path / 'demo'), SEG_ITERS='600')
+    assert parse(calls[2]).seg_iters == 600
+
+
+@pytest.mark.parametrize('asked', [64])
+def test_loader_workers_are_capped_at_the_process_share_of_the_cores(asked):
+    from misc import distributed
+    a = run_sample.finalize_args(parse(['--num_workers', str(asked), '--device', 'cpu', '--plan', 'True']))
+    assert a.num_workers == distributed.cpu_share() and a.num_workers_asked == asked
+    a = run_sample.finalize_args(parse(['--num_workers', '1', '--device', 'cpu', '--plan', 'True']))
+    assert a.num_workers == 1 and not getattr(a, 'num_workers_asked', None)
+
+
+# --- the documented pipeline commands run ------------------------------------------------------------------------
+def doc_block(path, heading):
+    """The first bash block after `heading` in a docs page."""
+    import re
+    text = open(os.path.join(ROOT, path), encoding='utf-8').read()
+    return re.search(r'```bash\n(.*?)```', text[text.index(heading):], re.S).group(1)
+
+
+def test_the_authors_checkpoint_route_runs_as_documented(tiny_voc, tmp_path):
+    """docs/data.md's commands (README shows the same) on generated data, with checkpoints saved in the authors' own
+    formats (966 SFC keys in {'net': ...}; 1 056 raw IRN keys): lists, CAMs and their score, pseudo masks and their
+    score, in a work directory of their own. Only sizes are added (a width-8 network, small scales)."""
+    import shlex
+    import sys
+
+    import torch
+
+    from net import resnet50_irn, resnet50_sfc
+    from tests.test_irn import authors_irn_state_dict
+    from tests.test_resnet50_sfc import authors_state_dict
+    block = doc_block('docs/data.md', "## The authors' checkpoints")
+    assert block == doc_block('README.md', "The authors' checkpoints")
+    torch.manual_seed(0)
+    best, irn = str(tmp_path / 'best.pth'), str(tmp_path / 'irn.pth')
+    torch.save({'net': authors_state_dict(resnet50_sfc.Net(21, backbone_width=8))}, best)
+    torch.save(authors_irn_state_dict(resnet50_irn.Net(8)), irn)
+    work = str(tmp_path / 'work' / 'authors')
+    sizes = ['--backbone_width', '8', '--cam_scales', '1.0', '0.5', '--irn_crop_size_infer', '96', '--device', 'cpu',
+             '--num_workers', '0']
+    for cmd in block.replace('\\\n', ' ').strip().splitlines():
+        cmd = cmd.replace('$VOC12_ROOT', tiny_voc['root']).replace('work/authors', work)
+        cmd = cmd.replace('best.pth', best).replace('irn.pth', irn)
+        argv = shlex.split(cmd)
+        assert argv[0] == 'python'
+        argv = [sys.executable] + argv[1:] + (sizes if 'run_sample.py' in argv[1] else [])
+        out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, (cmd, out.stderr[-2000:])
+    import json
+    for f in ('eval_cam.json', 'eval_sem_seg.json'):
+        m = json.load(open(os.path.join(work, 'metrics', f)))
+        assert m['n_images'] == len(open(os.path.join(work, 'meta', 'train.txt')).read().split())
