@@ -50,12 +50,25 @@ def test_deeplab_v2_matches_deeplab_pytorch(fixture):
     x = torch.from_numpy(z['input'])
     with torch.no_grad():
         out = model.eval()(x)
-        tol = 1e-4 * np.abs(z['eval_logits_max']).max()
-        np.testing.assert_allclose(out.numpy(), z['eval_logits_max'], rtol=0, atol=tol)
+        np.testing.assert_allclose(out.numpy(), z['eval_logits_max'], rtol=0, atol=DEEPLAB_REL * np.abs(
+            z['eval_logits_max']).max())
         outs = model.train()(x)  # BatchNorm stays frozen in train mode
-    assert len(outs) == 4
-    for i, o in enumerate(outs):
-        np.testing.assert_allclose(o.numpy(), z[f'train_out{i}'], rtol=0, atol=1e-4 * np.abs(z[f'train_out{i}']).max())
+        assert len(outs) == 4
+        for i, o in enumerate(outs):
+            np.testing.assert_allclose(o.numpy(), z[f'train_out{i}'], rtol=0,
+                                       atol=DEEPLAB_REL * np.abs(z[f'train_out{i}']).max())
+        # the tolerance sees the smallest term of the network: without the ASPP biases (|b| <= 0.03, 5e-5 of the
+        # largest logit) the logits leave it
+        for name, p in model.named_parameters():
+            if name.startswith('base.aspp.') and name.endswith('bias'):
+                p.zero_()
+        gap = float(np.abs(model.eval()(x).numpy() - z['eval_logits_max']).max())
+        assert gap > 3 * DEEPLAB_REL * np.abs(z['eval_logits_max']).max(), gap
+
+
+# |ours - deeplab-pytorch| relative to the largest logit: measured 2e-7 to 1e-6 on the fixture (float32 summation
+# order through 101 layers, logits up to 792); dropping the ASPP biases moves them by 5e-5
+DEEPLAB_REL = 1e-5
 
 
 def test_architecture_facts():

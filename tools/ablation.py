@@ -1,6 +1,6 @@
 """The paper's ablation of SFC (Table 3), one command: train each variant, make and score its CAMs, one table.
 
-    bash run_ablation.sh                                   # the demo data at demo size, seed 10 (about 15 min)
+    bash run_ablation.sh                                   # the demo data at demo size, seed 10 (about 20 min)
     python -m tools.ablation --recipe quick                # run_demo.sh --quick's data and sizes (about 6 min)
     python -m tools.ablation --seeds 10 11 12 --rows plain sfc
     python -m tools.ablation --voc12_root DATA --meta_dir META --work_dir work/abl --recipe none -- \\
