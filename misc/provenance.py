@@ -58,7 +58,7 @@ STEP_FLAGS = {
                           'seg_msc_scales', 'seg_aspp_rates', 'seg_calibrate_bn'],
     'make_seg': ['dataset', 'amp', 'seg_depth', 'seg_stride_in', 'seg_input_norm', 'seg_msc_scales', 'seg_aspp_rates',
                  'seg_test_scales', 'seg_test_flip', 'seg_crf', 'seg_crf_iters', 'seg_crf_pos_w', 'seg_crf_pos_xy_std',
-                 'seg_crf_bi_w', 'seg_crf_bi_xy_std', 'seg_crf_bi_rgb_std', 'seg_export_voc_test'],
+                 'seg_crf_bi_w', 'seg_crf_bi_xy_std', 'seg_crf_bi_rgb_std'],
 }
 # the inputs each step reads: (flag holding the path, kind) with kind 'file' (content hash; a checkpoint this work
 # directory's training step wrote is known by that step's record), 'list' (content hash) or 'folder' (the record
@@ -73,7 +73,7 @@ STEP_INPUTS = {
     'make_sem_seg': [('dataset_root', 'root'), ('cls_labels', 'list'), ('cam_dir', 'folder'), ('irn_weights', 'file')],
     'train_seg': [('dataset_root', 'root'), ('seg_train_list', 'list'), ('seg_label_dir', 'folder'),
                   ('seg_init', 'file')],
-    'make_seg': [('seg_infer_root', 'root'), ('seg_weights', 'file')],
+    'make_seg': [('seg_weights', 'file')],  # each prediction depends on its image and the model only
 }
 # which inputs only count under a setting (the GT list of the SFC checkpoint choice)
 _INPUT_WHEN = {('train_sfc', 'sfc_val_list'): 'sfc_select_on_gt', ('train_irn', 'irn_dp_mean_list'): 'irn_dp_mean'}
@@ -88,7 +88,9 @@ NOT_RECORDED = {
     'irn_dp_mean_list': 'an input of train_irn', 'seg_train_list': 'an input of train_seg',
     'seg_label_dir': 'an input of train_seg', 'seg_weights': 'an input of make_seg',
     'seg_infer_list': 'which images; each prediction depends on its image only',
-    'seg_infer_root': 'an input of make_seg', 'seg_eval_list': 'read by eval_seg (recomputed every run)',
+    'seg_infer_root': 'which images (the VOC test devkit for the export); each prediction depends on its image only',
+    'seg_export_voc_test': 'which outputs are also exported (the server layout of the predictions)',
+    'seg_eval_list': 'read by eval_seg (recomputed every run)',
     # arithmetic only: the same outputs within the tolerances docs/precision.md gives
     'device': 'arithmetic only', 'deterministic': 'arithmetic only', 'channels_last': 'arithmetic only',
     'cam_fold_bn': 'arithmetic only',

@@ -117,3 +117,24 @@ def test_a_training_resume_with_another_learning_rate_stops(tiny_voc, tmp_path):
 def test_redo_of_a_step_that_keeps_no_outputs_is_refused(tiny_voc, tmp_path):
     with pytest.raises(InputError, match='--redo eval_cam: only steps that keep outputs'):
         run_sample.main(base_args(tiny_voc, str(tmp_path / 'w'), '--eval_cam_pass', 'True', '--redo', 'eval_cam'))
+
+
+def test_the_voc_test_export_runs_after_the_val_predictions_in_the_same_work_dir(tiny_voc, tmp_path):
+    """run_voc.sh with VOC12_TEST_ROOT: make_seg on val, then make_seg on the test devkit with the export, in one work
+    directory (each prediction depends on its image and the model only, so the second run is no other setting)."""
+    import shutil
+
+    from tests.test_deeplab import seg_args, write_masks
+    work = str(tmp_path / 'w')
+    names = open(os.path.join(tiny_voc['meta'], 'train_aug.txt')).read().split()
+    write_masks(tiny_voc, work, names)
+    run_sample.main(seg_args(tiny_voc, work, '--train_seg_pass', 'True', '--make_seg_pass', 'True'))
+    test_root = tmp_path / 'VOC2012_test'
+    (test_root / 'ImageSets' / 'Segmentation').mkdir(parents=True)
+    shutil.copytree(os.path.join(tiny_voc['root'], 'JPEGImages'), test_root / 'JPEGImages')
+    val = open(os.path.join(tiny_voc['meta'], 'val.txt')).read().split()
+    (test_root / 'ImageSets' / 'Segmentation' / 'test.txt').write_text('\n'.join(val[:2]) + '\n')
+    run_sample.main(seg_args(tiny_voc, work, '--make_seg_pass', 'True', '--seg_infer_root', str(test_root),
+                             '--seg_infer_list', str(test_root / 'ImageSets' / 'Segmentation' / 'test.txt'),
+                             '--seg_export_voc_test', 'True'))
+    assert os.path.isfile(os.path.join(work, camio.VOC_TEST_EXPORT, 'results.tar.gz'))
