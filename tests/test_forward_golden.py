@@ -71,7 +71,9 @@ def hooked(model, names):
 
 # --- SFC ---------------------------------------------------------------------------------------------------------
 FEATURES_ATOL = 1e-4    # x4, classifier logits, side convs, score: values up to 16, noise up to 1.2e-5
-MAPS_ATOL = 2e-5        # the normalised maps (orignal_cam, PCM cam, prototype cam): values up to 1, noise up to 8e-6
+MAPS_ATOL = 2e-5        # the normalised CAM before PCM (orignal_cam): values up to 1, noise up to 7.9e-6
+PCM_ATOL = 3e-6         # the PCM and prototype CAMs: noise up to 3.3e-7 (10x); the image resized into PCM's f9 with
+#                         the other align_corners moves the PCM CAM by 6.8e-6, and this sees it
 
 
 def test_sfc_training_network_forward_matches_the_authors(fixture, one_thread):
@@ -87,8 +89,8 @@ def test_sfc_training_network_forward_matches_the_authors(fixture, one_thread):
         'cam': close(seen['classifier'], z['net_cam'], FEATURES_ATOL, 'classifier logits'),
         'score': close(out['score'], z['net_score'], FEATURES_ATOL, 'score'),
         'orignal_cam': close(out['raw_cam'], z['net_orignal_cam'], MAPS_ATOL, 'raw_cam (orignal_cam)'),
-        'cam1': close(out['cam'], z['net_cam1'], MAPS_ATOL, 'cam (cam1)'),
-        'cam2': close(out['proto_cam'], z['net_cam2'], MAPS_ATOL, 'proto_cam (cam2)'),
+        'cam1': close(out['cam'], z['net_cam1'], PCM_ATOL, 'cam (cam1)'),
+        'cam2': close(out['proto_cam'], z['net_cam2'], PCM_ATOL, 'proto_cam (cam2)'),
     }
     for k in range(1, 5):
         errs[f'side{k}'] = close(seen[f'side{k}'], z[f'net_side{k}'], FEATURES_ATOL, f'side{k}')
@@ -112,8 +114,8 @@ def test_sfc_cam_network_forward_matches_the_authors(fixture, one_thread):
         'x4': close(seen['resnet50.layer4'], z['cam_x4'], FEATURES_ATOL, 'x4 (both views)'),
         'cam': close(seen['classifier'], z['cam_cam'], FEATURES_ATOL, 'classifier logits (both views)'),
         'orignal_cam': close(raw, z['cam_orignal_cam'], MAPS_ATOL, 'raw (orignal_cam)'),
-        'norm_cam': close(norm_cam, z['cam_norm_cam'], MAPS_ATOL, 'cam (norm_cam)'),
-        'IS_cam': close(proto, z['cam_IS_cam'], MAPS_ATOL, 'proto_cam (IS_cam)'),
+        'norm_cam': close(norm_cam, z['cam_norm_cam'], 1e-5, 'cam (norm_cam)'),  # noise 1.2e-6
+        'IS_cam': close(proto, z['cam_IS_cam'], PCM_ATOL, 'proto_cam (IS_cam)'),
     }
     seeds = norm_cam.clone()
     seeds[0] *= 0.3
