@@ -181,8 +181,8 @@ def test_a_block_that_stops_on_an_error_still_finishes_the_submitted_writes(tmp_
     paths = [tmp_path / f'{i}.txt' for i in range(3)]
     with pytest.raises(KeyError, match='the block'):
         with Background(1, 'thread') as pool:  # make_cam's writer
+            threading.Timer(0.5, release.set).start()  # submit blocks once 2 jobs wait: release them meanwhile
             for p in paths:
                 pool.submit(slow_write, str(p))
-            threading.Timer(0.2, release.set).start()
             raise KeyError('the block')
     assert all(p.read_text() == 'done' for p in paths)

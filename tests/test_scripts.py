@@ -33,6 +33,20 @@ def test_run_voc_sh_runs_every_step(tiny_voc, tmp_path):
     assert json.load(open(os.path.join(work, 'metrics', 'eval_seg.json')))['eval_list'].endswith('val.txt')
     vis = os.path.join(work, 'vis', 'train')
     assert 'contact_sheet.png' in os.listdir(vis) and os.listdir(os.path.join(vis, 'sem_seg'))
+    # the header's partial run (inference and evaluation from the checkpoints there) with the VOC test export: the
+    # same settings, so every finished output is reused, the evaluations rerun and the test images are exported
+    test_root = tmp_path / 'VOC2012_test'
+    (test_root / 'ImageSets' / 'Segmentation').mkdir(parents=True)
+    import shutil
+    shutil.copytree(os.path.join(tiny_voc['root'], 'JPEGImages'), test_root / 'JPEGImages')
+    val = open(os.path.join(work, 'meta', 'val.txt')).read().split()
+    (test_root / 'ImageSets' / 'Segmentation' / 'test.txt').write_text('\n'.join(val[:2]) + '\n')
+    env.update(VOC12_TEST_ROOT=str(test_root), VIS_IMAGES='0')
+    out = subprocess.run(['bash', os.path.join(ROOT, 'run_voc.sh'), '--train_sfc_pass', 'False', '--train_irn_pass',
+                          'False', '--train_seg_pass', 'False', *small], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert '=== train_sfc ===' not in out.stdout and '0 to do' in out.stdout and 'pseudo-mask mIoU' in out.stdout
+    assert os.path.isfile(os.path.join(work, 'voc_test_export', 'results.tar.gz'))
 
 
 def test_plan_reports_every_step_and_writes_nothing(tiny_voc, tmp_path):
