@@ -18,6 +18,7 @@ The evaluation steps always recompute what they write and keep no record. Flags 
 the tolerances of docs/precision.md) are in NOT_RECORDED, each with its reason; a test keeps every flag of
 run_sample.py in exactly one of the two tables.
 """
+import functools
 import hashlib
 import json
 import os
@@ -51,12 +52,12 @@ STEP_FLAGS = {
     'make_sem_seg': ['dataset', 'amp', 'backbone_width', 'sem_seg_proto_weight', 'sem_seg_power',
                      'sem_seg_double_power', 'sem_seg_bg_value', 'beta', 'exp_times', 'sem_seg_radius',
                      'irn_crop_size_infer'],
-    'train_seg': _DATA + ['seg_recipe', 'seg_init', 'seg_depth', 'seg_stride_in', 'seg_input_norm', 'seg_batch_size',
+    'train_seg': _DATA + ['backbone_width', 'seg_recipe', 'seg_init', 'seg_depth', 'seg_stride_in', 'seg_input_norm', 'seg_batch_size',
                           'seg_iter_size', 'seg_iters', 'seg_lr', 'seg_head_lr_mult', 'seg_head_bias_lr_mult',
                           'seg_momentum', 'seg_weight_decay', 'seg_poly_power', 'seg_lr_decay_every', 'seg_crop_size',
                           'seg_base_size', 'seg_scales', 'seg_scale_mode', 'seg_hor_flip', 'seg_loss',
                           'seg_msc_scales', 'seg_aspp_rates', 'seg_calibrate_bn'],
-    'make_seg': ['dataset', 'amp', 'seg_depth', 'seg_stride_in', 'seg_input_norm', 'seg_msc_scales', 'seg_aspp_rates',
+    'make_seg': ['dataset', 'amp', 'backbone_width', 'seg_depth', 'seg_stride_in', 'seg_input_norm', 'seg_msc_scales', 'seg_aspp_rates',
                  'seg_test_scales', 'seg_test_flip', 'seg_crf', 'seg_crf_iters', 'seg_crf_pos_w', 'seg_crf_pos_xy_std',
                  'seg_crf_bi_w', 'seg_crf_bi_xy_std', 'seg_crf_bi_rgb_std'],
 }
@@ -144,6 +145,7 @@ def load(work_dir, step):
         return {'damaged': True}
 
 
+@functools.lru_cache(maxsize=1)
 def code_version():
     """The checkout's commit (and '+changes' when the tree differs from it), or 'unknown' outside git."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +161,19 @@ def code_version():
         return 'unknown'
 
 
+_HASHES = {}  # (path, size, mtime) -> hash: every step is checked twice per run (before the first step, and before
+#             its own), and a checkpoint of hundreds of MB is read once
+
+
 def file_hash(path):
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = _sha256(path)
+    return _HASHES[key]
+
+
+def _sha256(path):
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 22), b''):

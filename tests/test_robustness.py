@@ -180,9 +180,10 @@ def test_a_block_that_stops_on_an_error_still_finishes_the_submitted_writes(tmp_
             f.write('done')
     paths = [tmp_path / f'{i}.txt' for i in range(3)]
     with pytest.raises(KeyError, match='the block'):
-        with Background(1, 'thread') as pool:  # make_cam's writer
-            threading.Timer(0.5, release.set).start()  # submit blocks once 2 jobs wait: release them meanwhile
+        with Background(1, 'thread', ahead=3) as pool:  # make_cam's writer, room for the three jobs
             for p in paths:
                 pool.submit(slow_write, str(p))
+            # the first job waits for the release, the other two are still queued when the block raises
+            threading.Timer(0.5, release.set).start()
             raise KeyError('the block')
     assert all(p.read_text() == 'done' for p in paths)
