@@ -7,7 +7,8 @@ wall time for the processes (torchrun ranks) and workers of the run. Writes noth
 On a CPU the training stages are measured on a few images and scaled to the batch (the cost per image is close to
 constant there); on a GPU on the whole batch. Inference stages are measured on a real image of the median size and
 scaled to the mean over the list's sizes (make_cam, whose PCM is quadratic in the pixels, through a second
-measurement at the largest size). Data loading is timed on a few real samples of the run's lists: on a GPU it
+measurement at the largest size; on the CPU make_cam's own loop, loader workers and writer included, is timed on a
+few images of the list). Data loading is timed on a few real samples of the run's lists: on a GPU it
 counts where it is slower than the network (its workers run beside it), on the CPU it is added (its workers share
 the cores with the network). Fixed costs (starting a step, building its network) are counted as a few seconds per
 step. On a shared machine, the step times themselves vary by 10-30 % from run to run.
@@ -24,6 +25,7 @@ from misc.pyutils import format_seconds, format_table
 
 STEP_OVERHEAD_S = 2.0  # building a step's network and lists, writing its summary: measured 1-3 s on the demo
 EVAL_OVERHEAD_S = 0.5  # an evaluation step builds no network: measured 0.4-1.1 s in all on the demo
+CAM_LOOP_IMAGES = 8  # make_cam on the CPU: images of the list its own loop is timed on (one more as warm-up)
 
 
 @contextlib.contextmanager
@@ -42,7 +44,7 @@ def _stage_state(device):
 def image_size(ds, k=30):
     """Median (h, w) of up to k images of a dataset, from their file headers, and the id of the image closest to
     it (the CRF's cost depends on the image's colours: the micro-benchmark runs on that real image); also the
-    sampled sizes (k, 2) and the id of the largest."""
+    sampled sizes (k, 2), the id of the largest and the sampled ids."""
     from PIL import Image
     names = ds.names[::max(1, len(ds.names) // k)][:k]
     sizes = []
@@ -52,7 +54,7 @@ def image_size(ds, k=30):
     sizes = np.array(sizes)
     med = np.median(sizes, axis=0)
     closest = names[int(np.argmin(np.abs(sizes - med).sum(1)))]
-    return tuple(int(v) for v in med), closest, sizes, names[int(np.argmax(sizes.prod(1)))]
+    return tuple(int(v) for v in med), closest, sizes, names[int(np.argmax(sizes.prod(1)))], names
 
 
 def _sample_time(ds, k=4):
@@ -115,8 +117,8 @@ class Planner:
         key = ('size', list_path, root)
         if key not in self._cache:
             ds = self.ds_mod.ImageDataset(list_path, root or self.args.dataset_root)
-            size, name, sizes, largest = image_size(ds)
-            self._cache[key] = size, ds.read(name), sizes, ds.read(largest)
+            size, name, sizes, largest, names = image_size(ds)
+            self._cache[key] = size, ds.read(name), sizes, ds.read(largest), names
         return self._cache[key]
 
     def per_image(self, stage, list_path, root=None, quadratic=False, **over):
@@ -125,7 +127,7 @@ class Planner:
         faster than the pixels (quadratic=True: make_cam, whose PCM affinity is quadratic in them), the stage is
         also measured at the largest sampled size, t(A) = a A + b A^2 (b >= 0) is fitted through the two points,
         and averaged over the sampled areas."""
-        (h, w), image, sizes, largest = self._sizes(list_path, root)
+        (h, w), image, sizes, largest, _ = self._sizes(list_path, root)
         r = self.bench(stage, width_px=w, height=h, image=image, **over)
         areas = sizes.prod(1).astype(np.float64)
         a_med, a_max = float(h * w), float(largest.shape[0] * largest.shape[1])
@@ -194,8 +196,46 @@ class Planner:
     def make_cam(self):
         a = self.args
         ds = self.ds_mod.ClassificationDatasetMSF(a.infer_list, a.dataset_root, a.cls_labels, scales=a.cam_scales)
-        return self._inference('make_cam', a.infer_list, a.cam_dir, '.npz', f', scales {tuple(a.cam_scales)} x flip',
-                               dataset=ds, quadratic=True)
+        label = f', scales {tuple(a.cam_scales)} x flip'
+        if self.cuda:
+            return self._inference('make_cam', a.infer_list, a.cam_dir, '.npz', label, dataset=ds, quadratic=True)
+        names = self.names(a.infer_list)
+        todo = self.todo(names, a.cam_dir, '.npz')
+        (h, w), _ = self.size_of(a.infer_list)
+        per, k = self._cam_loop_time(ds)
+        return (f'{len(todo)} of {len(names)} images to do ({h}x{w} median){label}',
+                f"{per:.3g} s/image (the step's loop on {k} images)", len(todo) * per / self.world)
+
+    def _cam_loop_time(self, ds, k=CAM_LOOP_IMAGES):
+        """Seconds per image of make_cam's own loop (step.make_cam.cam_loop: loader workers, network, the writer
+        thread, into a temporary folder) on a network of the run's architecture at random initialisation (the cost
+        does not depend on the weights), over k images of the list picked at the quantiles of the sampled areas,
+        after one warm-up image. On the CPU the loader workers and the writer share the cores with the network, which
+        a micro-benchmark of the network alone underestimates by 30-45 % on the demo."""
+        import tempfile
+        import torch
+        from misc.dataset import num_classes
+        from misc.torchutils import prepare_for_inference, use_channels_last
+        from net.resnet50_sfc import CAM
+        from step.make_cam import cam_loop
+        a = self.args
+        _, _, sizes, _, sampled = self._sizes(a.infer_list)
+        by_area = [sampled[i] for i in np.argsort(sizes.prod(1), kind='stable')]
+        k = min(k, len(by_area))
+        picked = [by_area[int((i + 0.5) * len(by_area) / k)] for i in range(k)]
+        index = {n: i for i, n in enumerate(ds.names)}
+        indices = [index[by_area[len(by_area) // 2]]] + [index[n] for n in picked]  # the median's first: warm-up
+        device = torch.device(a.device)
+        torch.manual_seed(0)
+        model = prepare_for_inference(CAM(num_classes(a), backbone_width=a.backbone_width, backbone_weights='none',
+                                          bg_factor=a.sfc_proto_bg_factor), device, a.cam_fold_bn,
+                                      use_channels_last(a.channels_last, device))
+        done = []
+        with tempfile.TemporaryDirectory() as folder, _stage_state(a.device):
+            cam_loop(model, ds, indices, device, a, folder, progress=False,
+                     on_item=lambda: done.append(time.perf_counter()))
+            end = time.perf_counter()  # the writer has drained
+        return (end - done[0]) / k, k
 
     def cam_to_ir_label(self):
         a = self.args

@@ -70,20 +70,29 @@ def oom_advice(args, device):
             f'CAMs finished so far are kept; re-running make_cam continues after them.')
 
 
-def _work(rank, indices, device, args):
-    device = torch.device(device)
-    ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels,
-                                                    scales=args.cam_scales)
-    model = load_cam_model(args, device)
+def cam_loop(model, ds, indices, device, args, cam_dir, rank=0, progress=True, on_item=None):
+    """The step's loop over ds[indices]: loader workers ahead of the network, the CAM file of image i written by a
+    thread while the network works on i+1; on_item() after each image's network pass (the run planner times the
+    loop through it on a sample of the list)."""
     n_cls = num_classes(args)
-    with Background(1, 'thread') as writer:  # the file of image i is written while the network works on i+1
+    with Background(1, 'thread') as writer:
         for pack in tqdm(counted(prefetch_loader(ds, indices, args.num_workers, device)), total=len(indices),
-                         desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5):
+                         desc=f'make_cam[{rank}]', position=rank, dynamic_ncols=True, mininterval=5,
+                         disable=not progress):
             size = tuple(int(v) for v in pack['size'])
             with explain_oom(f'make_cam, image {pack["name"]} ({size[0]}x{size[1]}) at scales {tuple(args.cam_scales)}',
                              oom_advice(args, device), device):
                 cam, proto, keys = cams_of(model, pack, n_cls, size, args, device)
-            writer.submit(camio.save_cam, camio.cam_path(args.cam_dir, pack['name']), keys, cam, proto)
+            writer.submit(camio.save_cam, camio.cam_path(cam_dir, pack['name']), keys, cam, proto)
+            if on_item is not None:
+                on_item()
+
+
+def _work(rank, indices, device, args):
+    device = torch.device(device)
+    ds = get_dataset(args).ClassificationDatasetMSF(args.infer_list, args.dataset_root, args.cls_labels,
+                                                    scales=args.cam_scales)
+    cam_loop(load_cam_model(args, device), ds, indices, device, args, args.cam_dir, rank)
 
 
 def run(args):

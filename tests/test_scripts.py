@@ -91,7 +91,7 @@ def test_plan_averages_over_the_image_sizes_and_counts_the_loader_on_the_cpu(mon
     from misc import plan
     sizes = np.array([[10, 10], [20, 10], [20, 20], [10, 30], [40, 20]])  # areas 100 200 400 300 800
     p = plan.Planner.__new__(plan.Planner)
-    p._cache = {('size', 'L', None): ((20, 10), np.zeros((20, 10, 3)), sizes, np.zeros((40, 20, 3)))}
+    p._cache = {('size', 'L', None): ((20, 10), np.zeros((20, 10, 3)), sizes, np.zeros((40, 20, 3)), None)}
     cost = lambda A: 1e-3 * A + 2e-6 * A ** 2  # noqa: E731
     monkeypatch.setattr(p, 'bench', lambda stage, width_px, height, **k: {'seconds': cost(width_px * height)})
     areas = sizes.prod(1)
@@ -112,3 +112,41 @@ def test_plan_averages_over_the_image_sizes_and_counts_the_loader_on_the_cpu(mon
         measured = 8 if cuda else 4
         network = (0.5 * measured / 4 + 1.0) * 8 / measured
         assert np.allclose(got, (network + 0.08, network, 0.08) if not cuda else (network, network, 0.04)), got
+
+
+def test_plan_times_make_cams_own_loop_on_the_cpu(monkeypatch):
+    """On the CPU make_cam is planned by timing the step's own loop (step.make_cam.cam_loop) on images picked at the
+    quantiles of the sampled areas, after a warm-up image of the median area: with a stand-in loop whose every image
+    costs a known function of its area on a fake clock, plus a writer drain at the end, the estimate is the mean
+    over the picked images with the drain, computed here by hand."""
+    import argparse
+
+    import numpy as np
+
+    from misc import plan
+    from step import make_cam
+    names = ['n0', 'n1', 'n2', 'n3', 'n4']
+    sizes = np.array([[10, 10], [20, 10], [20, 20], [10, 30], [40, 20]])  # areas 100 200 400 300 800
+    area = dict(zip(names, sizes.prod(1)))
+    p = plan.Planner.__new__(plan.Planner)
+    p.args = argparse.Namespace(infer_list='L', device='cpu', backbone_width=4, sfc_proto_bg_factor=0.8,
+                                cam_fold_bn=True, channels_last='auto', dataset='voc12')
+    p._cache = {('size', 'L', None): ((20, 10), None, sizes, None, names)}
+    clock = [0.0]
+    monkeypatch.setattr(plan.time, 'perf_counter', lambda: clock[0])
+    seen = []
+
+    def loop(model, ds, indices, device, args, folder, progress=True, on_item=None):
+        for i in indices:
+            seen.append(ds.names[i])
+            clock[0] += 1e-3 * area[ds.names[i]]
+            on_item()
+        clock[0] += 0.05  # the writer's last file
+
+    monkeypatch.setattr(make_cam, 'cam_loop', loop)
+    ds = argparse.Namespace(names=['x'] + names[::-1])  # the list's order is not the sampled order
+    per, k = p._cam_loop_time(ds, k=2)
+    # by area: n0 100, n1 200, n3 300, n2 400, n4 800; quantiles (i + 0.5) * 5 / 2 -> positions 1 and 3 -> n1, n2;
+    # warm-up: the median n3
+    assert seen == ['n3', 'n1', 'n2'] and k == 2
+    assert abs(per - (0.2 + 0.4 + 0.05) / 2) < 1e-12
