@@ -33,9 +33,12 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def torchrun(nproc, argv, env=None, check=True):
+SCRIPTED_GT = os.path.join('tests', 'helpers', 'scripted_gt.py')
+
+
+def torchrun(nproc, argv, env=None, check=True, script='run_sample.py'):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
-           os.path.join(ROOT, 'run_sample.py'), *argv]
+           os.path.join(ROOT, script), *argv]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **(env or {})))
     if check:
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
@@ -117,26 +120,39 @@ def test_sfc_later_steps_same_batches_bank_and_close_losses(tiny_voc, tmp_path, 
 
 
 def test_sfc_killed_rank_resumes_where_an_uninterrupted_run_ends(tiny_voc, tmp_path, short_lists):
+    """Two processes, 6 steps, a resume file every 2 steps, GT selection validating after steps 1 and 5 with scripted
+    scores that make step 1 the best (tests/helpers/scripted_gt.py): rank 1 dies before step 4; the resumed run
+    ends with the uninterrupted run's bank, weights and selected checkpoint (step 1's, which only the resume state
+    remembers: a resume that forgot it would select step 5)."""
     works = {k: str(tmp_path / k) for k in ('whole', 'killed')}
-    args = ['--sfc_num_epoches', '2', '--sfc_ckpt_freq', '2']
-    torchrun(2, sfc_args(tiny_voc, works['whole'], short_lists['twelve'], *args))
+    args = ['--sfc_num_epoches', '2', '--sfc_ckpt_freq', '2', '--sfc_select_on_gt', 'True', '--sfc_val_list',
+            short_lists['four'], '--sfc_val_freq', '4', '--sfc_val_min_step', '0']
+    gt = {'SFC_TEST_GT_SCORES': '1:0.9,5:0.5'}
+    torchrun(2, sfc_args(tiny_voc, works['whole'], short_lists['twelve'], *args), env=gt, script=SCRIPTED_GT)
     out = torchrun(2, sfc_args(tiny_voc, works['killed'], short_lists['twelve'], *args),
-                   env={'SFC_TEST_KILL_AT_BATCH': '1:3'}, check=False)  # rank 1 dies fetching step 3's batch
+                   env={'SFC_TEST_KILL_AT_BATCH': '1:3', **gt}, check=False,
+                   script=SCRIPTED_GT)  # rank 1 dies fetching step 4's batch
     assert out.returncode != 0
     state = torch.load(os.path.join(works['killed'], 'ckpt', camio.SFC_RESUME), weights_only=True)
-    assert state['step'] == 2 and not os.path.exists(os.path.join(works['killed'], 'ckpt', camio.SFC_FINAL))
-    torchrun(2, sfc_args(tiny_voc, works['killed'], short_lists['twelve'], *args))  # resumes at step 2
+    assert state['step'] == 2 and state['best']['step'] == 1
+    assert not os.path.exists(os.path.join(works['killed'], 'ckpt', camio.SFC_FINAL))
+    torchrun(2, sfc_args(tiny_voc, works['killed'], short_lists['twelve'], *args), env=gt,
+             script=SCRIPTED_GT)  # resumes at step 2
     r = {k: torch.load(os.path.join(v, 'ckpt', camio.SFC_RESUME), weights_only=True) for k, v in works.items()}
     assert r['whole']['step'] == r['killed']['step'] == 6
+    assert r['whole']['best']['step'] == r['killed']['best']['step'] == 1
     assert torch.equal(r['whole']['bank']['img'], r['killed']['bank']['img'])
     assert torch.equal(r['whole']['bank_rng'], r['killed']['bank_rng'])
-    a, b = (weights(os.path.join(v, 'ckpt', camio.SFC_FINAL)) for v in works.values())
-    print('killed and resumed against uninterrupted: largest weight difference '
-          f'{max(float((a[k].double() - b[k].double()).abs().max()) for k in a):.2e}')
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in (camio.SFC_FINAL, camio.SFC_BEST_GT, camio.SFC_WEIGHTS):
+        a, b = (weights(os.path.join(v, 'ckpt', name)) for v in works.values())
+        print(f'{name}: killed and resumed against uninterrupted: largest weight difference '
+              f'{max(float((a[k].double() - b[k].double()).abs().max()) for k in a):.2e}')
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    chosen, final = (weights(os.path.join(works['killed'], 'ckpt', n)) for n in (camio.SFC_WEIGHTS, camio.SFC_FINAL))
+    assert not all(torch.equal(chosen[k], final[k]) for k in chosen)  # step 1's weights, not the last ones
     # and the state is independent of the process count: one process resumes a two-process run
-    res = run_sample.main(sfc_args(tiny_voc, works['killed'], short_lists['twelve'], '--sfc_num_epoches', '2'))
-    assert res['train_sfc']['steps'] == 6
+    res = run_sample.main(sfc_args(tiny_voc, works['killed'], short_lists['twelve'], *args))
+    assert res['train_sfc']['steps'] == 6 and res['train_sfc']['best']['step'] == 1
 
 
 def test_irn_and_deeplab_first_update_equal_one_process(tiny_voc, tmp_path, short_lists):

@@ -44,19 +44,32 @@ def assert_same_weights(path_a, path_b):
 
 
 def test_train_sfc_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
-    common = ['--train_sfc_pass', 'True', '--sfc_ckpt_freq', '4', '--sfc_select_on_gt', 'False', '--sfc_num_epoches', '1']
+    """11 steps, a resume file every 4, GT selection validating after steps 1 and 9 with scripted scores that make
+    step 1 the best (tests/helpers/scripted_gt.py), killed before step 7: the resumed run ends with the
+    uninterrupted run's loss log, final weights and selected checkpoint (step 1's, which only the resume state
+    remembers: a resume that forgot it would select step 9)."""
+    from tests.helpers import scripted_gt
+    scripted_gt.install({1: 0.9, 9: 0.5}, monkeypatch.setattr)
+    common = ['--train_sfc_pass', 'True', '--sfc_ckpt_freq', '4', '--sfc_num_epoches', '1',
+              '--sfc_select_on_gt', 'True', '--sfc_val_list', os.path.join(tiny_voc['meta'], 'val.txt'),
+              '--sfc_val_freq', '8', '--sfc_val_min_step', '0']
     full = str(tmp_path / 'full')
     run_sample.main(base_args(tiny_voc, full, *common))
 
     part = str(tmp_path / 'part')
     run_killed_at(monkeypatch, 6, base_args(tiny_voc, part, *common))  # after the resume checkpoint of step 4
-    assert torch.load(os.path.join(part, 'ckpt', camio.SFC_RESUME), weights_only=True)['step'] == 4
-    run_sample.main(base_args(tiny_voc, part, *common))
+    state = torch.load(os.path.join(part, 'ckpt', camio.SFC_RESUME), weights_only=True)
+    assert state['step'] == 4 and state['best']['step'] == 1
+    res = run_sample.main(base_args(tiny_voc, part, *common))
+    assert res['train_sfc']['best']['step'] == 1 and res['train_sfc']['weights'] == camio.SFC_BEST_GT
 
     # the loss log of the resumed run reads as if it had never stopped (lines after step 4 were dropped)
     logs = [curve_without_timing(camio.scalars_path(os.path.join(w, 'metrics'), 'train_sfc')) for w in (full, part)]
-    assert logs[0] == logs[1] and len(logs[0]) == 11
-    assert_same_weights(*(os.path.join(w, 'ckpt', camio.SFC_FINAL) for w in (full, part)))
+    assert logs[0] == logs[1] and len(logs[0]) == 11 + 2  # 11 steps and 2 validations
+    for name in (camio.SFC_FINAL, camio.SFC_BEST_GT, camio.SFC_WEIGHTS):
+        assert_same_weights(*(os.path.join(w, 'ckpt', name) for w in (full, part)))
+    with pytest.raises(AssertionError):  # the selected weights are step 1's, not the last ones
+        assert_same_weights(*(os.path.join(part, 'ckpt', n) for n in (camio.SFC_WEIGHTS, camio.SFC_FINAL)))
 
 
 def test_train_irn_resume_is_exact(tiny_voc, tmp_path, monkeypatch):
