@@ -219,7 +219,7 @@ def test_train_seg_first_update_equals_deeplab_pytorchs_loop(tiny_voc, tmp_path,
             it = it + criterion(o, lab)
         it = it / A
         it.backward()
-        total += float(it)
+        total += float(it.detach())
     assert logged['loss/seg'] == pytest.approx(total, rel=1e-5)
     groups = {}
     for name, m in ref.base.named_modules():
