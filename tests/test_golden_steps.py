@@ -242,3 +242,77 @@ def test_train_seg_first_update_equals_deeplab_pytorchs_loop(tiny_voc, tmp_path,
         assert gap <= 1e-4 * scale + rounding and scale > 100 * rounding, (k, gap, scale, rounding)
         moved += 1
     assert moved == len(groups) > 50
+
+
+def test_train_irn_first_update_equals_the_authors_rules(tiny_voc, tmp_path, monkeypatch):
+    """train_irn for one step of 4 crops (the GT masks as IR labels), in micro-batches of 1, against the authors'
+    step written out here: the affinity labels of every (direction, source) pair from the reduced labels (both
+    ends valid; equal: background or foreground positive; different: negative), the loss maps of the network's
+    outputs (fixture-checked: tests/test_irn.py), the authors' reductions over the whole batch and
+    (L_pos + L_neg)/2 + (L_dfg + L_dbg)/2, then the first update of the authors' optimizer: edge layers at lr,
+    displacement layers at 10x, weight decay on both, no clipping, the backbone untouched."""
+    from misc.indexing import PathIndex
+    from net import resnet50_irn
+    from step import train_irn
+    work = str(tmp_path / 'w')
+    shutil.copytree(os.path.join(tiny_voc['root'], 'SegmentationClassAug'), os.path.join(work, 'ir_label'))
+    packs, states = [], []
+
+    class Recording(train_irn.DataWait):
+        def next(self):
+            pack = super().next()
+            packs.append({k: pack[k].clone() for k in ('img', 'reduced_label')})
+            return pack
+    monkeypatch.setattr(train_irn, 'DataWait', Recording)
+    real = train_irn.accumulate_gradients
+
+    def capture(model, *a, **k):
+        states.append(copy.deepcopy(model.state_dict()))
+        return real(model, *a, **k)
+    monkeypatch.setattr(train_irn, 'accumulate_gradients', capture)
+    lr, wd, crop, radius = 0.1, 1e-2, 96, 5
+    run_sample.main(base_args(tiny_voc, work, '--train_irn_pass', 'True', '--train_list',
+                              os.path.join(tiny_voc['meta'], 'val.txt'), '--irn_crop_size', str(crop),
+                              '--irn_batch_size', '4', '--irn_num_epoches', '1', '--irn_micro_batch', '1',
+                              '--irn_lr', str(lr), '--irn_weight_decay', str(wd), '--irn_radius', str(radius),
+                              '--irn_dp_mean', 'False'))
+    after = torch.load(os.path.join(work, 'ckpt', camio.IRN_WEIGHTS), weights_only=True)['net']
+    logged = next(json.loads(line) for line in open(camio.scalars_path(os.path.join(work, 'metrics'), 'train_irn')))
+    assert len(packs) == 1 and packs[0]['img'].shape == (4, 3, crop, crop)
+
+    ref = resnet50_irn.Net(8, 'none')
+    ref.load_state_dict(states[0])
+    ref.train()
+    p = PathIndex(radius, (crop // 4, crop // 4))
+    red = packs[0]['reduced_label'].long().flatten(1)  # (n, h*w)
+    a = red[:, torch.from_numpy(p.src_indices)][:, None]  # (n, 1, src)
+    b = red[:, torch.from_numpy(p.dst_indices).reshape(-1)].reshape(red.shape[0], *p.dst_indices.shape)
+    valid = (a < 21) & (b < 21)
+    bg_pos, fg_pos, neg = ((a == b) & valid & (a == 0)).float(), ((a == b) & valid & (a > 0)).float(), \
+        ((a != b) & valid).float()
+    assert bg_pos.sum() > 0 and fg_pos.sum() > 0 and neg.sum() > 0
+    edge, dp = ref(packs[0]['img'])
+    pos_map, neg_map, dfg_map, dbg_map = resnet50_irn.irn_loss_maps(
+        edge, dp, [torch.from_numpy(i) for i in p.path_indices], p.search_dst, p.radius_floor)
+    eps = 1e-5
+    l_pos = (bg_pos * pos_map).sum() / (bg_pos.sum() + eps) / 2 + (fg_pos * pos_map).sum() / (fg_pos.sum() + eps) / 2
+    l_neg = (neg * neg_map).sum() / (neg.sum() + eps)
+    l_dfg = (dfg_map * fg_pos[:, None]).sum() / (2 * fg_pos.sum() + eps)
+    l_dbg = (dbg_map * bg_pos[:, None]).sum() / (2 * bg_pos.sum() + eps)
+    for key, want in (('loss/pos', l_pos), ('loss/neg', l_neg), ('loss/dp_fg', l_dfg), ('loss/dp_bg', l_dbg)):
+        assert logged[key] == pytest.approx(float(want.detach()), rel=1e-5), key
+    ((l_pos + l_neg) / 2 + (l_dfg + l_dbg) / 2).backward()
+    moved = 0
+    for k, q in ref.named_parameters():
+        before, got = states[0][k], after[k]
+        if not k.startswith(('fc_edge', 'fc_dp')):
+            assert q.grad is None and torch.equal(got, before), k  # the frozen backbone
+            continue
+        step_lr = lr * (10 if k.startswith('fc_dp') else 1)
+        want = before.double() - step_lr * (q.grad.double() + wd * before.double())
+        scale = float((want - before).abs().max())
+        gap = float((got.double() - want).abs().max())
+        rounding = 2 * torch.finfo(torch.float32).eps * float(before.abs().max())
+        assert gap <= 1e-4 * scale + rounding and scale > 100 * rounding, (k, gap, scale, rounding)
+        moved += 1
+    assert moved == 17 + 22  # the authors' 17 edge and 22 displacement tensors
