@@ -211,7 +211,7 @@ class Planner:
         thread, into a temporary folder) on a network of the run's architecture at random initialisation (the cost
         does not depend on the weights), over k images of the list picked at the quantiles of the sampled areas,
         after one warm-up image. On the CPU the loader workers and the writer share the cores with the network, which
-        a micro-benchmark of the network alone underestimates by 30-45 % on the demo."""
+        a micro-benchmark of the network alone underestimated by 28-44 % on the demo."""
         import tempfile
         import torch
         from misc.dataset import num_classes

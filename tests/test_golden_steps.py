@@ -1,11 +1,14 @@
-"""One whole training update of train_sfc, run by the step itself, against an update assembled here.
+"""One whole training update of train_sfc, train_irn and train_seg, run by each step itself, against an update
+assembled here.
 
-The reference is built from what is checked elsewhere against the authors' code (the network's forward:
-tests/test_forward_golden.py) and from the authors' rules written out here (docs/faithfulness §3): the loss
-formulas as the train_losses fixture states them (checked on that fixture first), the stride-16 masks, the MSDW
-class weights from the list's class counts, the global norm clip, and the first update of the authors' optimizer
-(d = g + wd w; w -= lr d, the new layers at 10x; parameters without a gradient untouched). None of net/sfc_loss.py,
-step/train_sfc.py's loss wiring or misc/torchutils.PolyOptimizer is used by the reference.
+The references are built from what is checked elsewhere against the authors' code and deeplab-pytorch (the networks'
+forward passes: tests/test_forward_golden.py and tests/test_deeplab.py; IRN's loss maps: tests/test_irn.py) and from
+the rules written out here (docs/faithfulness §3, §7 and docs/deeplab.md): the loss formulas as the fixtures state
+them (the SFC losses checked on train_losses.npz first), the stride-16 masks, the MSDW class weights from the list's
+class counts, the affinity labels, the global norm clip, label resizing, iter_size accumulation, and the first
+update of each optimizer per parameter group (d = g + wd w; w -= lr d; parameters without a gradient untouched).
+None of net/sfc_loss.py, the steps' loss wiring or misc/torchutils.PolyOptimizer is used by the references. There
+is no recording of a whole authors' update to compare with; these tests close that gap with independent assembly.
 """
 import copy
 import json
@@ -42,6 +45,28 @@ def reference_losses(s1, s2, p1, q1, p2, y_bg, w):
     return cls, gsc, cons
 
 
+def recorded_batches(monkeypatch, step_module, keys):
+    """The training loop's batches as the step receives them (its DataWait, recorded)."""
+    packs = []
+
+    class Recording(step_module.DataWait):
+        def next(self):
+            pack = super().next()
+            packs.append({k: pack[k].clone() for k in keys})
+            return pack
+    monkeypatch.setattr(step_module, 'DataWait', Recording)
+    return packs
+
+
+def assert_update(name, before, got, want):
+    """The step's updated float32 weights `got` against the reference's `want` (float64): within 1e-4 of the
+    update plus the stored weights' own rounding, and the update itself far above that rounding."""
+    scale = float((want - before.double()).abs().max())
+    gap = float((got.double() - want).abs().max())
+    rounding = 2 * torch.finfo(torch.float32).eps * float(before.abs().max())
+    assert gap <= 1e-4 * scale + rounding and scale > 100 * rounding, (name, gap, scale, rounding)
+
+
 def test_reference_losses_reproduce_the_authors_fixture(fixture):
     z = {k: torch.from_numpy(v) for k, v in fixture('train_losses').items()}
     cls, gsc, cons = reference_losses(z['score_full'], z['score_half'], z['pcm_cam_full'], z['proto_cam_full'],
@@ -52,9 +77,9 @@ def test_reference_losses_reproduce_the_authors_fixture(fixture):
 
 def test_train_sfc_first_update_equals_the_authors_rules(tiny_voc, tmp_path, monkeypatch):
     """train_sfc for one step of 4 loader crops + 2 bank images (crop 64: stride-16 maps 4x4 and 2x2), lr 1 (one
-    step: its update stands far above the weights' float32 resolution), weight decay 1e-3 (large enough to show), the authors' momentum 1e-4, DC weights from the four
-    images' class counts, the residual branches' last BN scales not zeroed (so that every trained tensor
-    gets a gradient): the batch the step fed to its loss holds the loader's crops followed by the bank's draws,
+    step: its update stands far above the weights' float32 resolution), weight decay 1e-3 (large enough to show),
+    the authors' momentum 1e-4, DC weights from the four images' class counts, the residual branches' last BN scales
+    not zeroed (so that every trained tensor gets a gradient): the batch the step fed to its loss holds the loader's crops followed by the bank's draws,
     and its losses and the update of every parameter (both lr groups, the frozen and detached parts) equal the
     reference's."""
     from net import resnet50_sfc
@@ -129,12 +154,7 @@ def test_train_sfc_first_update_equals_the_authors_rules(tiny_voc, tmp_path, mon
             checked['still'] += 1
             continue
         step_lr = lr * (10 if k.startswith(new) else 1)
-        want = before.double() - step_lr * (grads[k].double() * clip + wd * before.double())
-        scale = float((want - before).abs().max())
-        gap = float((got.double() - want).abs().max())
-        rounding = 2 * torch.finfo(torch.float32).eps * float(before.abs().max())  # of the stored float32 weight
-        assert gap <= 1e-4 * scale + rounding, (k, gap, scale)
-        assert scale > 100 * rounding, (k, scale)  # the update is far above the weights' resolution
+        assert_update(k, before, got, before.double() - step_lr * (grads[k].double() * clip + wd * before.double()))
         checked['moved'] += 1
     assert checked['moved'] > 50 and checked['still'] > 20 and norm > 1.0  # the clip was active
 
@@ -156,14 +176,7 @@ def test_train_seg_first_update_equals_deeplab_pytorchs_loop(tiny_voc, tmp_path,
     meta = tiny_voc['meta']
     work = str(tmp_path / 'w')
     shutil.copytree(os.path.join(tiny_voc['root'], 'SegmentationClassAug'), os.path.join(work, 'masks'))
-    packs = []
-
-    class Recording(train_seg.DataWait):
-        def next(self):
-            pack = super().next()
-            packs.append({k: pack[k].clone() for k in ('img', 'label')})
-            return pack
-    monkeypatch.setattr(train_seg, 'DataWait', Recording)
+    packs = recorded_batches(monkeypatch, train_seg, ('img', 'label'))
     states = []
     real = train_seg.seg_step_gradients
 
@@ -235,11 +248,7 @@ def test_train_seg_first_update_equals_deeplab_pytorchs_loop(tiny_voc, tmp_path,
             assert torch.equal(got, before), k
             continue
         step_lr, decay = groups[k]
-        want = before.double() - step_lr * (p.grad.double() + decay * before.double())
-        scale = float((want - before).abs().max())
-        gap = float((got.double() - want).abs().max())
-        rounding = 2 * torch.finfo(torch.float32).eps * float(before.abs().max())
-        assert gap <= 1e-4 * scale + rounding and scale > 100 * rounding, (k, gap, scale, rounding)
+        assert_update(k, before, got, before.double() - step_lr * (p.grad.double() + decay * before.double()))
         moved += 1
     assert moved == len(groups) > 50
 
@@ -256,14 +265,7 @@ def test_train_irn_first_update_equals_the_authors_rules(tiny_voc, tmp_path, mon
     from step import train_irn
     work = str(tmp_path / 'w')
     shutil.copytree(os.path.join(tiny_voc['root'], 'SegmentationClassAug'), os.path.join(work, 'ir_label'))
-    packs, states = [], []
-
-    class Recording(train_irn.DataWait):
-        def next(self):
-            pack = super().next()
-            packs.append({k: pack[k].clone() for k in ('img', 'reduced_label')})
-            return pack
-    monkeypatch.setattr(train_irn, 'DataWait', Recording)
+    packs, states = recorded_batches(monkeypatch, train_irn, ('img', 'reduced_label')), []
     real = train_irn.accumulate_gradients
 
     def capture(model, *a, **k):
@@ -309,10 +311,6 @@ def test_train_irn_first_update_equals_the_authors_rules(tiny_voc, tmp_path, mon
             assert q.grad is None and torch.equal(got, before), k  # the frozen backbone
             continue
         step_lr = lr * (10 if k.startswith('fc_dp') else 1)
-        want = before.double() - step_lr * (q.grad.double() + wd * before.double())
-        scale = float((want - before).abs().max())
-        gap = float((got.double() - want).abs().max())
-        rounding = 2 * torch.finfo(torch.float32).eps * float(before.abs().max())
-        assert gap <= 1e-4 * scale + rounding and scale > 100 * rounding, (k, gap, scale, rounding)
+        assert_update(k, before, got, before.double() - step_lr * (q.grad.double() + wd * before.double()))
         moved += 1
     assert moved == 17 + 22  # the authors' 17 edge and 22 displacement tensors
