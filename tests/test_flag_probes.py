@@ -8,7 +8,9 @@ its own copy of the parsed flags that records each attribute read. Then, against
   another flag in its place (cam_to_ir_label taking --seg_crf_iters for --ir_crf_iters) leaves its own unread;
 - a step reads no flag that belongs to other steps only: each flag it reads is one of its own, one of its inputs
   (STEP_INPUTS), a flag that changes no output (NOT_RECORDED), or listed below with its reason.
-The evaluation steps have no record; their expected flags are listed here.
+The evaluation steps have no record; their expected flags are listed here. make_seg runs a second time on the same
+weights saved without our meta (as deeplab-pytorch saves them), the case in which it builds the network from the
+flags. A read shows that a step uses a flag, not how: the golden tests check the values.
 """
 import argparse
 import os
