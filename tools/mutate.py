@@ -212,6 +212,13 @@ EDITS = [
     ("DeepLab's flip leaves the label unflipped", 'voc12/dataloader.py',
      '            x, label = x[:, ::-1], label[:, ::-1]', '            x = x[:, ::-1]', ['tests/test_golden_loaders.py'],
      None),
+    ('DeepLab loss from the full-scale MSC output only', 'step/train_seg.py',
+     'for o, lab, d in zip(outs, labels, dens))', 'for o, lab, d in zip(outs[:1], labels[:1], dens[:1]))',
+     ['tests/test_golden_steps.py'], None),
+    ("the default DeepLab recipe picks scales from a list instead of uniformly", 'run_sample.py',
+     "'seg_scales': [0.5, 2.0], 'seg_scale_mode': 'uniform', 'seg_loss': 'balanced'},",
+     "'seg_scales': [0.5, 2.0], 'seg_scale_mode': 'choice', 'seg_loss': 'balanced'},",
+     ['tests/test_authors_constants.py'], None),
 ]
 
 
