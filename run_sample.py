@@ -428,7 +428,7 @@ def guard(args, steps, write=False):
     the first step), then each step's record checked (and, with write, written before the step runs). Stops every
     rank with the same one line when outputs were made otherwise."""
     from misc import provenance
-    msg = None
+    error = None  # (exception class, message), raised on every rank
     if distributed.is_main():
         try:
             if not write and args.redo:
@@ -437,15 +437,11 @@ def guard(args, steps, write=False):
                 print(f'  --redo: removed the outputs of {", ".join(removed)}')
             for s in steps:
                 provenance.check(args, s, write=write)
-        except provenance.StaleOutput as e:
-            msg = str(e)
-        except BadInput as e:
-            msg = 'bad:' + str(e)
-    msg = distributed.broadcast(msg)
-    if msg:
-        if msg.startswith('bad:'):
-            raise BadInput(msg[4:])
-        raise provenance.StaleOutput(msg)
+        except (provenance.StaleOutput, BadInput) as e:
+            error = (type(e), str(e))
+    error = distributed.broadcast(error)
+    if error:
+        raise error[0](error[1])
 
 
 def main(argv=None):

@@ -214,10 +214,7 @@ class Planner:
         a micro-benchmark of the network alone underestimated by 28-44 % on the demo."""
         import tempfile
         import torch
-        from misc.dataset import num_classes
-        from misc.torchutils import prepare_for_inference, use_channels_last
-        from net.resnet50_sfc import CAM
-        from step.make_cam import cam_loop
+        from step.make_cam import cam_loop, load_cam_model
         a = self.args
         _, _, sizes, _, sampled = self._sizes(a.infer_list)
         by_area = [sampled[i] for i in np.argsort(sizes.prod(1), kind='stable')]
@@ -227,9 +224,7 @@ class Planner:
         indices = [index[by_area[len(by_area) // 2]]] + [index[n] for n in picked]  # the median's first: warm-up
         device = torch.device(a.device)
         torch.manual_seed(0)
-        model = prepare_for_inference(CAM(num_classes(a), backbone_width=a.backbone_width, backbone_weights='none',
-                                          bg_factor=a.sfc_proto_bg_factor), device, a.cam_fold_bn,
-                                      use_channels_last(a.channels_last, device))
+        model = load_cam_model(a, device, weights=False)
         done = []
         with tempfile.TemporaryDirectory() as folder, _stage_state(a.device):
             cam_loop(model, ds, indices, device, a, folder, progress=False,

@@ -37,10 +37,13 @@ def postprocess(maps, size, keys, eps=1e-5, bg_offset=0.4, fg_scale=2.0):
     return acc
 
 
-def load_cam_model(args, device):
+def load_cam_model(args, device, weights=True):
+    """The CAM network of the run, with --sfc_weights (weights=False: at random initialisation, for the run
+    planner, whose timing does not depend on the weights), ready for inference on the device."""
     model = resnet50_sfc.CAM(num_classes(args), backbone_width=args.backbone_width, backbone_weights='none',
                              bg_factor=args.sfc_proto_bg_factor)
-    resnet50_sfc.load_sfc_weights(model, camio.load_checkpoint(args.sfc_weights), args.sfc_weights)
+    if weights:
+        resnet50_sfc.load_sfc_weights(model, camio.load_checkpoint(args.sfc_weights), args.sfc_weights)
     return prepare_for_inference(model, device, args.cam_fold_bn,
                                  use_channels_last(args.channels_last, device))
 
