@@ -25,22 +25,23 @@ def fixture(request):
         path = os.path.join(FIXTURES, name + '.npz')
         if not os.path.isfile(path):
             pytest.fail(f'golden fixture {path} is missing from the repository (tests/fixtures/README.md)')
-        request.node.golden = getattr(request.node, 'golden', set()) | {name}
+        props = request.node.user_properties  # carried by every report of the test, to the xdist controller too
+        names = set(dict(props).get('golden', ())) | {name}
+        props[:] = [p for p in props if p[0] != 'golden'] + [('golden', sorted(names))]
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     return load
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    rep = outcome.get_result()
-    names = getattr(item, 'golden', None)
-    if names and (rep.when == 'call' or rep.failed):
-        kind = 'passed' if rep.passed else 'failed' if rep.failed else None
+def pytest_runtest_logreport(report):
+    """Counts golden comparisons where the summary is written: in the one process, or in xdist's controller (its
+    workers send each report with its user_properties)."""
+    names = dict(report.user_properties).get('golden')
+    if names and (report.when == 'call' or report.failed):
+        kind = 'passed' if report.passed else 'failed' if report.failed else None
         if kind:
             for src in {golden_source(n) for n in names}:
-                _GOLDEN[kind].setdefault(src, {})[item.nodeid] = names
+                _GOLDEN[kind].setdefault(src, {})[report.nodeid] = set(names)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -70,6 +70,7 @@ def test_grayscale_images_load_as_rgb(tiny_coco):
         assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
 
 
+@pytest.mark.slow  # about 10 s in one process on 2 cores
 def test_run_coco_sh_end_to_end(tiny_coco, tmp_path):
     """run_coco.sh as written (shrunk by overrides): SFC on 80 classes, CAMs, CRF labels as final masks."""
     work = str(tmp_path / 'work')

@@ -119,6 +119,7 @@ def test_sfc_later_steps_same_batches_bank_and_close_losses(tiny_voc, tmp_path, 
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+@pytest.mark.slow  # about 14 s in one process on 2 cores
 def test_sfc_killed_rank_resumes_where_an_uninterrupted_run_ends(tiny_voc, tmp_path, short_lists):
     """Two processes, 6 steps, a resume file every 2 steps, GT selection validating after steps 1 and 5 with scripted
     scores that make step 1 the best (tests/helpers/scripted_gt.py): rank 1 dies before step 4; the resumed run
@@ -155,6 +156,7 @@ def test_sfc_killed_rank_resumes_where_an_uninterrupted_run_ends(tiny_voc, tmp_p
     assert res['train_sfc']['steps'] == 6 and res['train_sfc']['best']['step'] == 1
 
 
+@pytest.mark.slow  # about 10 s in one process on 2 cores
 def test_irn_and_deeplab_first_update_equal_one_process(tiny_voc, tmp_path, short_lists):
     irn = ['--train_irn_pass', 'True', '--train_list', short_lists['four'], '--irn_crop_size', '96',
            '--irn_batch_size', '4', '--irn_num_epoches', '1', '--irn_micro_batch', '2', '--irn_momentum', '0.9',
@@ -203,6 +205,7 @@ def test_inference_steps_byte_identical(tiny_voc, tmp_path):
     assert m[0]['miou'] == m[1]['miou']  # evaluated once, on rank 0, after every rank wrote its CAMs
 
 
+@pytest.mark.slow  # about 11 s in one process on 2 cores
 def test_errors_name_the_problem(tiny_voc, tmp_path, short_lists):
     out = torchrun(2, sfc_args(tiny_voc, str(tmp_path / 'a'), short_lists['four'], '--sfc_batch_size', '3',
                                '--sfc_bank_samples', '2', '--sfc_num_epoches', '1'), check=False)

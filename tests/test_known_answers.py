@@ -295,6 +295,7 @@ def test_irn_trained_on_gt_labels_sharpens_coarse_cams(learning_voc, tmp_path):
 PLAIN = ['--sfc_ibr', 'False', '--sfc_pdw', 'False', '--sfc_wdw', 'False', '--sfc_dc_weights', 'False']
 
 
+@pytest.mark.slow  # about 62 s in one process on 2 cores
 def test_sfc_learns_and_beats_the_plain_cam(learning_voc, tmp_path):
     """From the stand-in ImageNet backbone, 112 steps of 16 + 4 images: the PCM CAM of the trained network is far
     above the untrained one's (its random heads), and full SFC beats the plain CAM (no bank, no L_PDW, no L_WDW,
@@ -324,6 +325,7 @@ def test_sfc_learns_and_beats_the_plain_cam(learning_voc, tmp_path):
         assert scores[('sfc', seed)] > scores[('plain', seed)] + 0.05, seed
 
 
+@pytest.mark.slow  # about 25 s in one process on 2 cores
 def test_train_seg_overfits_four_images_given_their_gt(learning_voc, tmp_path):
     """DeepLab-v2 (stand-in ResNet-101) trained on four images with their GT as the pseudo masks, without scale
     augmentation or flips and with crops that hold the whole image, then predicting those images: the CRF output

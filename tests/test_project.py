@@ -2,6 +2,7 @@
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -73,3 +74,21 @@ def test_run_log_starts_with_the_environment_and_the_settings(tmp_path):
     assert 'usable CPU cores' in lines[1] and 'pydensecrf yes' in lines[1]
     assert lines[2].startswith('settings: --amp bf16 (bf16 autocast') and 'channels-last off' in lines[2]
     assert 'loader 1' in lines[2]
+
+
+@pytest.mark.parametrize('procs', ['0', '2'])
+def test_the_golden_summary_line_counts_in_one_process_and_under_xdist(tmp_path, procs):
+    """The line at the end of a run counts the golden comparisons that passed and those that failed, also when
+    xdist's workers run the tests and only the controller writes the summary."""
+    (tmp_path / 'conftest.py').write_text(
+        f'import sys\nsys.path.insert(0, {ROOT!r})\n'
+        'from tests.conftest import fixture, pytest_runtest_logreport, pytest_terminal_summary  # noqa: F401\n')
+    (tmp_path / 'test_g.py').write_text(
+        "def test_passes(fixture):\n    assert fixture('pcm') and fixture('prototype')\n\n\n"
+        "def test_fails(fixture):\n    assert fixture('deeplab_crf') is None\n\n\n"
+        "def test_not_golden():\n    pass\n")
+    out = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-n', procs, str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert out.returncode == 1 and '1 failed, 2 passed' in out.stdout, out.stdout[-2000:]
+    assert ("golden comparisons: 1 against the SFC authors' code (2 fixture files) and 0 against deeplab-pytorch "
+            '(0 fixture files) ran and passed; 1 FAILED') in out.stdout, out.stdout[-2000:]

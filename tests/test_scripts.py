@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -11,6 +13,7 @@ SEG_SMALL = ['--seg_depth', '50', '--seg_iters', '2', '--seg_batch_size', '2', '
              '--seg_lr', '2.5e-5']
 
 
+@pytest.mark.slow  # about 17 s in one process on 2 cores
 def test_run_voc_sh_runs_every_step(tiny_voc, tmp_path):
     work = str(tmp_path / 'voc')
     os.makedirs(work)

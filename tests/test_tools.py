@@ -8,6 +8,7 @@ import torch
 from tools import benchmark
 
 
+@pytest.mark.slow  # about 12 s in one process on 2 cores
 def test_benchmark_runs_every_stage(tmp_path):
     """Every stage of tools/benchmark.py returns time, images/s and peak memory, and the JSON report holds them: the
     plumbing tools/gpu_check.sh relies on (the network stages in one process, as it runs them; the CRF stages in
@@ -76,6 +77,7 @@ def test_gpu_check_parts_fit_its_budget():
     assert budget <= 420 and start + sum(int(v) for v in values.values()) <= budget, values
 
 
+@pytest.mark.slow  # about 38 s in one process on 2 cores
 def test_gpu_check_logic_on_the_cpu_reports_each_part(tmp_path):
     """The whole script at tiny sizes on the CPU (GPU_CHECK_DEVICE=cpu GPU_CHECK_TINY=1): the device check runs
     and compares (every comparison within its bounds on the same device), a part that fails (a benchmark flag no
