@@ -5,7 +5,7 @@
 #
 #   bash run_demo.sh [WORK_DIR]            the demo (work/demo), about 9 minutes on 2 cores
 #   bash run_demo.sh --quick [WORK_DIR]    a first look in about 3 minutes: smaller images, fewer steps
-#   bash run_demo.sh --variant b|c         the same recipe on a differently generated set (work/demo_b, work/demo_c)
+#   bash run_demo.sh --variant b|c|d       the same recipe on a differently generated set (work/demo_b, ...)
 #   DATA=/path/VOC2012 bash run_demo.sh    the same recipe on any VOC-format root (nothing generated)
 #   bash run_demo.sh --plan                what each step would cost on this machine (nothing is run)
 #   SEED=11 bash run_demo.sh ...           another seed (every stage is seeded from it)

@@ -152,3 +152,35 @@ def test_second_synthetic_set_is_built_differently(tmp_path):
     for n in ids['train']:
         assert (tmp_path / 'b' / 'JPEGImages' / f'{n}.jpg').read_bytes() == \
             (tmp_path / 'b2' / 'JPEGImages' / f'{n}.jpg').read_bytes()
+
+
+def test_set_d_is_built_differently(tmp_path):
+    """Variant d: another head class, pairs that share a texture and differ in colour (a, b, c: one colour, two
+    textures), every appearance its own, several small blobs per class; generation is deterministic and every
+    object an Annotation names is in the GT mask (no visible object dropped as clutter)."""
+    import xml.etree.ElementTree as ET
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from voc12 import synthetic
+    from voc12.dataloader import CAT_LIST
+    a, d = synthetic.variant_style('a'), synthetic.variant_style('d')
+    assert d[4] == 'blobs' and max(d[0], key=d[0].get) != max(a[0], key=a[0].get) and len(d[1]) == 6
+    assert set(d[1].items()).isdisjoint(a[1].items())
+    for t, h in d[1].items():
+        assert d[3][t][1] == d[3][h][1] and 20 < np.abs(np.subtract(d[3][t][0], d[3][h][0])).max() < 120, (t, h)
+    assert len(set(d[3].values())) == 20
+    root = tmp_path / 'd'
+    ids = synthetic.make_synthetic_voc(str(root), 8, 2, 0, seed=0, min_size=160, max_size=240, variant='d')
+    again = synthetic.make_synthetic_voc(str(tmp_path / 'd2'), 8, 2, 0, seed=0, min_size=160, max_size=240, variant='d')
+    assert ids == again
+    blobs = 0
+    for n in ids['train'] + ids['val']:
+        assert (root / 'JPEGImages' / f'{n}.jpg').read_bytes() == (tmp_path / 'd2' / 'JPEGImages' / f'{n}.jpg').read_bytes()
+        names = {o.find('name').text for o in ET.parse(root / 'Annotations' / f'{n}.xml').getroot().iter('object')}
+        gt = np.asarray(Image.open(root / 'SegmentationClassAug' / f'{n}.png'))
+        assert {CAT_LIST[c - 1] for c in np.unique(gt) if c} == names
+        blobs += cv2.connectedComponents((gt > 0).astype(np.uint8))[0] - 1
+    assert blobs >= 15  # several objects per image (variant a: mostly one or two)

@@ -10,6 +10,7 @@ A set is NAME:VARIANT:DATA_SEED (voc12.synthetic's variant and seed); the names 
     a      a, data seed 0   the demo's own set, held out from the tuning
     b      b, data seed 0   another long tail, other head/tail pairs and appearances
     c      c, data seed 0   textured, shaded, larger objects on backgrounds in their colours, partial occlusion
+    d      d, data seed 0   many small overlapping blobs, pairs told apart by a hue shift, a horizon behind them
     coco   run_coco.sh at the demo's scale on a generated COCO-format set (20 classes, 1 000 train2014 and 200 val2014
            images of 160-240 px): CAMs and CRF labels scored on train2014, DeepLab on val2014
 Each run lives in <work_dir>/<set>_s<seed>/ (a finished run is reused: delete its folder to redo it). Extra
@@ -39,7 +40,7 @@ if ROOT not in sys.path:
 from misc import stages  # noqa: E402
 from misc.pyutils import format_seconds, format_table  # noqa: E402
 
-SETS = {'tune': ('a', 1), 'a': ('a', 0), 'b': ('b', 0), 'c': ('c', 0), 'coco': ('coco', 0)}
+SETS = {'tune': ('a', 1), 'a': ('a', 0), 'b': ('b', 0), 'c': ('c', 0), 'd': ('d', 0), 'coco': ('coco', 0)}
 # run_coco.sh at the demo's scale: the demo's miniature settings (run_demo.sh), the stand-in weights, no pictures
 COCO_DEMO = ['--backbone_width', '8', '--sfc_crop_size', '192', '--sfc_num_epoches', 'SFC_EPOCHS', '--sfc_momentum',
              'SFC_MOMENTUM', '--seg_crop_size', '129', '--seg_iters', 'SEG_ITERS', '--seg_lr', 'SEG_LR',

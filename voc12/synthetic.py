@@ -49,7 +49,7 @@ MAX_CLASSES = 3
 PERIOD = 8  # texture period in pixels
 
 
-VARIANTS = ('a', 'b', 'c')
+VARIANTS = ('a', 'b', 'c', 'd')
 # variant c's textures: brightness patterns that tell classes apart where colours are shared (with the background too)
 BLOTCH, GRAIN, DIAG, DOTS, RINGS, SHADED = range(10, 16)
 
@@ -60,11 +60,17 @@ def variant_style(variant):
     classes, six other tail/head pairs share a colour, co-occurrence is weaker, and every class gets another colour
     and texture. 'c' is built differently again: textured and shaded objects (noise blotches, grain, diagonal
     stripes, dots, rings, plain shading), larger (45-85 % of the side), backgrounds made of patches in the objects'
-    own colours, partial occlusion by background bars, and its own long tail and pairs (render 'shaded')."""
+    own colours, partial occlusion by background bars, and its own long tail and pairs (render 'shaded'). 'd' is a
+    scene of many small irregular objects: 1-4 instances of each present class, each a smooth random blob of 18-40 %
+    of the side that may overlap the others, on a background split at a horizon into two noisy regions; its own long
+    tail and pairs, which share a texture and differ in colour by a small hue shift, co-occurring with probability
+    0.8 (render 'blobs')."""
     if variant == 'a':
         return PRESENCE, PARTNER, CO_OCCUR, APPEARANCE, 'flat'
     if variant not in VARIANTS:
         raise BadInput(f'synthetic VOC variant must be one of {VARIANTS}, got {variant!r}')
+    if variant == 'd':
+        return _style_d()
     rng = np.random.default_rng(20240101 if variant == 'b' else 20240202)
     order = [CAT_LIST[i] for i in rng.permutation(len(CAT_LIST))]  # head first
     values = sorted(PRESENCE.values(), reverse=True)
@@ -87,6 +93,54 @@ def variant_style(variant):
             appearance[cls] = free.pop()
     return (presence, partner, 0.6, appearance, 'flat') if variant == 'b' else (presence, partner, 0.7, appearance,
                                                                                 'shaded')
+
+
+def _style_d():
+    """Variant d's classes: a long tail in another order; six tail/head pairs, each pair one texture with colours
+    a small hue shift apart (instead of one colour with two textures); the other classes their own colour and
+    texture. An appearance here is an RGB triple and a texture (variants a-c: a colour name and a texture)."""
+    rng = np.random.default_rng(20240303)
+    order = [CAT_LIST[i] for i in rng.permutation(len(CAT_LIST))]
+    presence = dict(zip(order, sorted(PRESENCE.values(), reverse=True)))
+    partner = dict(zip(order[-6:], order[:6]))
+    names = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))]
+    textures = [SOLID, HSTRIPE, VSTRIPE, CHECKER]
+    appearance = {}
+    for i, (tail, head) in enumerate(partner.items()):
+        rgb = np.asarray(COLOURS[names[i]], np.float32)
+        shifted = np.roll(rgb, 1) * 0.3 + rgb * 0.7  # a hue step of about 40 degrees, same brightness range
+        t = textures[int(rng.integers(0, len(textures)))]
+        appearance[head], appearance[tail] = (tuple(rgb), t), (tuple(shifted), t)
+    free = [(tuple(np.asarray(COLOURS[c], np.float32)), t) for c in names[6:] for t in textures]
+    rng.shuffle(free)
+    for cls in order:
+        if cls not in appearance:
+            appearance[cls] = free.pop()
+    return presence, partner, 0.8, appearance, 'blobs'
+
+
+def blob_mask(rng, h, w, extent=(0.18, 0.4)):
+    """A smooth random star-shaped blob: a radius that varies around the centre by a few low harmonics."""
+    r = min(h, w) * rng.uniform(*extent) / 2
+    cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    rad = np.ones_like(t)
+    for k in (2, 3, 5):
+        rad += rng.uniform(0, 0.35 / k * 2) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+    rad = r * rad / rad.max()
+    aspect = rng.uniform(0.6, 1.4)
+    pts = np.stack([cx + rad * np.cos(t) * aspect ** 0.5, cy + rad * np.sin(t) / aspect ** 0.5], 1)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    return mask.astype(bool)
+
+
+def background_d(rng, h, w):
+    """Variant d: two noisy regions split by a slanted horizon (sky and ground), each with its own grey-ish tint."""
+    top, bottom = background(rng, h, w), background(rng, h, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    y0 = h * rng.uniform(0.3, 0.7) + (xx - w / 2) * rng.uniform(-0.3, 0.3)
+    return np.where((yy < y0)[..., None], top, bottom)
 
 
 def image_size(rng, lo, hi):
@@ -203,19 +257,23 @@ def background_c(rng, h, w):
 def make_sample(rng, h, w, style=None):
     """One image (H,W,3 uint8), its GT (H,W uint8, 255 band) and the visible objects [(class, bbox)]."""
     style = style or variant_style('a')
-    shaded = style[4] == 'shaded'
-    img = background_c(rng, h, w) if shaded else background(rng, h, w)
+    shaded, blobs = style[4] == 'shaded', style[4] == 'blobs'
+    img = background_c(rng, h, w) if shaded else background_d(rng, h, w) if blobs else background(rng, h, w)
     gt = np.zeros((h, w), np.uint8)
     for cls in _classes(rng, style):
-        n_inst = 1 + int(rng.random() < 0.25)
+        n_inst = int(rng.integers(1, 5)) if blobs else 1 + int(rng.random() < 0.25)
         colour, kind = style[3][cls]
         for _ in range(n_inst):
-            m = shape_mask(rng, h, w, (0.45, 0.85) if shaded else (0.3, 0.65))
+            if blobs:
+                m = blob_mask(rng, h, w)
+            else:
+                m = shape_mask(rng, h, w, (0.45, 0.85) if shaded else (0.3, 0.65))
             if shaded:
                 tex = texture_c(kind, rng, h, w) * shading(rng, h, w)
             else:
                 tex = texture(kind, h, w, rng.integers(0, PERIOD, size=2))
-            col = np.asarray(COLOURS[colour], np.float32) * rng.uniform(0.85, 1.1)
+            rgb = colour if blobs else COLOURS[colour]
+            col = np.asarray(rgb, np.float32) * rng.uniform(0.85, 1.1)
             fill = col[None, None, :] * tex[..., None] + rng.normal(0, 10, size=(h, w, 3))
             img[m] = fill[m]
             gt[m] = CAT_LIST.index(cls) + 1
@@ -236,7 +294,7 @@ def make_sample(rng, h, w, style=None):
         if cid == 0:
             continue
         m = (gt == cid).astype(np.uint8)
-        if m.sum() < 0.03 * h * w:
+        if m.sum() < (0.005 if blobs else 0.03) * h * w:  # d's small blobs are whole objects, not remnants
             gt[m.astype(bool)] = 0  # too little left visible after occlusion: treat as background clutter
             continue
         ys, xs = np.nonzero(m)
@@ -311,7 +369,8 @@ def main(argv=None):
     p.add_argument('--max_size', default=136, type=int)
     p.add_argument('--variant', default='a', choices=VARIANTS,
                    help="a: the demo's data; b: a differently built set (other long tail, pairs, appearances); c: "
-                        'textured, shaded, larger objects on backgrounds in their colours, partial occlusion')
+                        'textured, shaded, larger objects on backgrounds in their colours, partial occlusion; d: many '
+                        'small overlapping blobs, pairs told apart by a hue shift, a horizon in the background')
     a = p.parse_args(argv)
     ids = make_synthetic_voc(a.out_root, a.n_train, a.n_val, a.n_aug, a.seed, a.min_size, a.max_size, a.variant)
     print(f'synthetic VOC at {a.out_root}: ' + ', '.join(f'{k} {len(v)}' for k, v in ids.items()))
