@@ -156,8 +156,8 @@ def test_second_synthetic_set_is_built_differently(tmp_path):
 
 def test_set_d_is_built_differently(tmp_path):
     """Variant d: another head class, pairs that share a texture and differ in colour (a, b, c: one colour, two
-    textures), every appearance its own, several small blobs per class; generation is deterministic and every
-    object an Annotation names is in the GT mask (no visible object dropped as clutter)."""
+    textures), every appearance its own, several objects per image; generation is deterministic and the classes the
+    Annotations name are those of the GT mask."""
     import xml.etree.ElementTree as ET
 
     import cv2
@@ -178,7 +178,8 @@ def test_set_d_is_built_differently(tmp_path):
     assert ids == again
     blobs = 0
     for n in ids['train'] + ids['val']:
-        assert (root / 'JPEGImages' / f'{n}.jpg').read_bytes() == (tmp_path / 'd2' / 'JPEGImages' / f'{n}.jpg').read_bytes()
+        jpg = ('JPEGImages', f'{n}.jpg')
+        assert root.joinpath(*jpg).read_bytes() == (tmp_path / 'd2').joinpath(*jpg).read_bytes()
         names = {o.find('name').text for o in ET.parse(root / 'Annotations' / f'{n}.xml').getroot().iter('object')}
         gt = np.asarray(Image.open(root / 'SegmentationClassAug' / f'{n}.png'))
         assert {CAT_LIST[c - 1] for c in np.unique(gt) if c} == names
