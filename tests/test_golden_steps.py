@@ -79,9 +79,9 @@ def test_train_sfc_first_update_equals_the_authors_rules(tiny_voc, tmp_path, mon
     """train_sfc for one step of 4 loader crops + 2 bank images (crop 64: stride-16 maps 4x4 and 2x2), lr 1 (one
     step: its update stands far above the weights' float32 resolution), weight decay 1e-3 (large enough to show),
     the authors' momentum 1e-4, DC weights from the four images' class counts, the residual branches' last BN scales
-    not zeroed (so that every trained tensor gets a gradient): the batch the step fed to its loss holds the loader's crops followed by the bank's draws,
-    and its losses and the update of every parameter (both lr groups, the frozen and detached parts) equal the
-    reference's."""
+    not zeroed (so that every trained tensor gets a gradient): the batch the step fed to its loss holds the loader's
+    crops followed by the bank's draws, and its losses and the update of every parameter (both lr groups, the frozen
+    and detached parts) equal the reference's."""
     from net import resnet50_sfc
     from step import train_sfc
     meta = tiny_voc['meta']

@@ -72,11 +72,7 @@ def variant_style(variant):
     if variant == 'd':
         return _style_d()
     rng = np.random.default_rng(20240101 if variant == 'b' else 20240202)
-    order = [CAT_LIST[i] for i in rng.permutation(len(CAT_LIST))]  # head first
-    values = sorted(PRESENCE.values(), reverse=True)
-    presence = dict(zip(order, values))
-    heads, tails = order[:6], order[-6:]
-    partner = dict(zip(tails, heads))
+    order, presence, partner = _long_tail(rng)
     colours = list(COLOURS)
     if variant == 'c':
         colours = [colours[i] for i in rng.permutation(len(colours))]
@@ -86,13 +82,25 @@ def variant_style(variant):
         c = colours[i]
         t_head, t_tail = rng.choice(len(textures), 2, replace=False)
         appearance[head], appearance[tail] = (c, textures[t_head]), (c, textures[t_tail])
-    free = [(c, t) for c in colours[6:] for t in textures]
+    _give_the_rest(rng, order, appearance, [(c, t) for c in colours[6:] for t in textures])
+    return (presence, partner, 0.6, appearance, 'flat') if variant == 'b' else (presence, partner, 0.7, appearance,
+                                                                                'shaded')
+
+
+def _long_tail(rng):
+    """(class order, head first; presence of each class, VOC's long tail in that order; tail -> head partner for the
+    six last and six first) of a variant."""
+    order = [CAT_LIST[i] for i in rng.permutation(len(CAT_LIST))]
+    presence = dict(zip(order, sorted(PRESENCE.values(), reverse=True)))
+    return order, presence, dict(zip(order[-6:], order[:6]))
+
+
+def _give_the_rest(rng, order, appearance, free):
+    """The classes without an appearance yet each take one of the shuffled `free` ones (in class order)."""
     rng.shuffle(free)
     for cls in order:
         if cls not in appearance:
             appearance[cls] = free.pop()
-    return (presence, partner, 0.6, appearance, 'flat') if variant == 'b' else (presence, partner, 0.7, appearance,
-                                                                                'shaded')
 
 
 def _style_d():
@@ -100,9 +108,7 @@ def _style_d():
     a small hue shift apart (instead of one colour with two textures); the other classes their own colour and
     texture. An appearance here is an RGB triple and a texture (variants a-c: a colour name and a texture)."""
     rng = np.random.default_rng(20240303)
-    order = [CAT_LIST[i] for i in rng.permutation(len(CAT_LIST))]
-    presence = dict(zip(order, sorted(PRESENCE.values(), reverse=True)))
-    partner = dict(zip(order[-6:], order[:6]))
+    order, presence, partner = _long_tail(rng)
     names = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))]
     textures = [SOLID, HSTRIPE, VSTRIPE, CHECKER]
     appearance = {}
@@ -111,11 +117,8 @@ def _style_d():
         shifted = np.roll(rgb, 1) * 0.3 + rgb * 0.7  # a hue step of about 40 degrees, same brightness range
         t = textures[int(rng.integers(0, len(textures)))]
         appearance[head], appearance[tail] = (tuple(rgb), t), (tuple(shifted), t)
-    free = [(tuple(np.asarray(COLOURS[c], np.float32)), t) for c in names[6:] for t in textures]
-    rng.shuffle(free)
-    for cls in order:
-        if cls not in appearance:
-            appearance[cls] = free.pop()
+    _give_the_rest(rng, order, appearance, [(tuple(np.asarray(COLOURS[c], np.float32)), t) for c in names[6:]
+                                            for t in textures])
     return presence, partner, 0.8, appearance, 'blobs'
 
 
