@@ -79,6 +79,24 @@ def test_generated_classes_are_balanced_and_deterministic():
     assert np.bincount(labels).tolist() == [2] * 72
 
 
+def test_wide_vocabulary_adds_three_textures_and_light():
+    wide = pretrain_backbone.VOCABULARIES['wide']
+    assert wide[:6] == pretrain_backbone.TEXTURES and len(wide) == 9
+    a, b = (pretrain_backbone.make_image(0, 77, 64, 12, wide) for _ in range(2))
+    assert np.array_equal(a[0], b[0]) and a[1] == 77 % 108
+    labels = [pretrain_backbone.make_image(0, i, 32, 12, wide)[1] for i in range(216)]
+    assert np.bincount(labels).tolist() == [2] * 108
+    # the new textures: blotches are smooth (neighbours agree far more often than grain's), rings are patterns
+    args = (64, 64, 8, 0.5, np.array([3, 4]))
+    tex = {k: pretrain_backbone.texture(k, *args) for k in ('blotches', 'grain', 'rings', 'solid')}
+    agree = {k: float(np.mean(np.abs(np.diff(t, axis=1)) < 1e-6)) for k, t in tex.items()}
+    assert agree['blotches'] > 0.85 and agree['grain'] < 0.05 and 0.7 < agree['rings'] < 0.97, agree
+    assert set(np.unique(tex['blotches'])) == set(np.unique(tex['rings'])) == {np.float32(0.5), np.float32(1.0)}
+    assert np.array_equal(tex['blotches'], pretrain_backbone.texture('blotches', *args))  # seeded by the phase
+    light = pretrain_backbone.light(np.random.default_rng(0), 64)
+    assert abs(light.min() - 0.65) < 1e-6 and abs(light.max() - 1.25) < 1e-6
+
+
 def flag_dict(tokens):
     """{--flag: value} of a command's tokens (a flag followed by one value)."""
     return {t: tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t.startswith('--')}

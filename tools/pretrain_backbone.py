@@ -46,6 +46,9 @@ from net.resnet50 import ResNet, batchnorm_training  # noqa: E402
 
 NETS = {'resnet50': (3, 4, 6, 3), 'resnet101': (3, 4, 23, 3)}
 TEXTURES = ('solid', 'hstripe', 'vstripe', 'diagonal', 'checker', 'dots')
+# --vocabulary wide: three more texture families (noise blotches, grain, concentric rings), and half the objects and
+# clutter shapes lit by a linear brightness gradient, as ImageNet holds far more surface kinds than stripes and dots
+VOCABULARIES = {'basic': TEXTURES, 'wide': TEXTURES + ('blotches', 'grain', 'rings')}
 SHAPES = ('ellipse', 'rectangle', 'triangle', 'ring', 'cross', 'star')
 
 
@@ -57,6 +60,17 @@ def texture(kind, h, w, period, contrast, phase):
     half = max(1, period // 2)
     if kind == 'solid':
         return np.ones((h, w), np.float32)
+    if kind in ('blotches', 'grain', 'rings'):  # the wide vocabulary: drawn from a generator seeded by the phase
+        rng = np.random.default_rng([int(phase[0]), int(phase[1]), period])
+        if kind == 'blotches':  # smooth noise cut at zero: patches of about the period's size
+            n = cv2.GaussianBlur(rng.normal(size=(h, w)).astype(np.float32), (0, 0), period / 2.5)
+            on = n > 0
+        elif kind == 'grain':  # per-pixel noise, not a pattern
+            return np.clip(1.0 - contrast * rng.uniform(0, 1, (h, w)), 0, 1).astype(np.float32)
+        else:  # rings of half-period width around a random centre
+            cy, cx = rng.uniform(-h / 2, 1.5 * h), rng.uniform(-w / 2, 1.5 * w)
+            on = (np.sqrt((yy - phase[0] - cy) ** 2 + (xx - phase[1] - cx) ** 2) // half) % 2 == 0
+        return np.where(on, 1.0, 1.0 - contrast).astype(np.float32)
     if kind == 'hstripe':
         on = (yy // half) % 2 == 0
     elif kind == 'vstripe':
@@ -103,34 +117,45 @@ def class_colour(rng, hue_band, n_hues):
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def paint(rng, img, mask, cls, n_hues):
+def light(rng, size):
+    """A linear brightness gradient from 0.65 to 1.25 across the image, in a random direction."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    a = rng.uniform(0, 2 * np.pi)
+    g = np.cos(a) * xx + np.sin(a) * yy
+    return (0.65 + 0.6 * (g - g.min()) / max(g.max() - g.min(), 1e-6)).astype(np.float32)
+
+
+def paint(rng, img, mask, cls, n_hues, textures=TEXTURES):
     size = img.shape[0]
-    hue_band, tex = divmod(cls, len(TEXTURES))
-    pattern = texture(TEXTURES[tex], size, size, int(rng.integers(6, 11)), rng.uniform(0.35, 0.65),
+    hue_band, tex = divmod(cls, len(textures))
+    pattern = texture(textures[tex], size, size, int(rng.integers(6, 11)), rng.uniform(0.35, 0.65),
                       rng.integers(0, 10, size=2))
+    if textures is not TEXTURES and rng.uniform() < 0.5:  # the wide vocabulary lights half the shapes
+        pattern = pattern * light(rng, size)
     fill = class_colour(rng, hue_band, n_hues)[None, None] * pattern[..., None] + rng.normal(0, 8, (size, size, 3))
     img[mask] = fill[mask]
 
 
-def make_image(seed, index, size, n_hues):
+def make_image(seed, index, size, n_hues, textures=TEXTURES):
     """(uint8 (size, size, 3) RGB image, class id) of image `index`; class = index mod the class count."""
-    n_cls = n_hues * len(TEXTURES)
+    n_cls = n_hues * len(textures)
     cls = index % n_cls
     rng = np.random.default_rng([seed, index])
     base = rng.uniform(80, 170) + rng.uniform(-15, 15, size=3)
     g = np.mgrid[0:size, 0:size] / size
     img = base + (rng.uniform(-25, 25) * g[0] + rng.uniform(-25, 25) * g[1])[..., None] + rng.normal(0, 9, (size, size, 3))
     for _ in range(int(rng.integers(0, 4))):  # clutter: small shapes of any class, under the object
-        paint(rng, img, shape_mask(rng, size, 0.12, 0.25), int(rng.integers(0, n_cls)), n_hues)
-    paint(rng, img, shape_mask(rng, size, 0.45, 0.8), cls, n_hues)
+        paint(rng, img, shape_mask(rng, size, 0.12, 0.25), int(rng.integers(0, n_cls)), n_hues, textures)
+    paint(rng, img, shape_mask(rng, size, 0.45, 0.8), cls, n_hues, textures)
     return np.clip(img, 0, 255).astype(np.uint8), cls
 
 
 class GeneratedSet:
     """Images start..start+n of the generated set, made on first use and kept (uint8)."""
 
-    def __init__(self, seed, start, n, size, n_hues):
+    def __init__(self, seed, start, n, size, n_hues, textures=TEXTURES):
         self.seed, self.start, self.n, self.size, self.n_hues = seed, start, n, size, n_hues
+        self.textures = textures
         self.img = np.zeros((n, size, size, 3), np.uint8)
         self.label = np.zeros(n, np.int64)
         self.done = np.zeros(n, bool)
@@ -138,7 +163,8 @@ class GeneratedSet:
     def batch(self, idx):
         for i in idx:
             if not self.done[i]:
-                self.img[i], self.label[i] = make_image(self.seed, self.start + int(i), self.size, self.n_hues)
+                self.img[i], self.label[i] = make_image(self.seed, self.start + int(i), self.size, self.n_hues,
+                                                        self.textures)
                 self.done[i] = True
         return self.img[idx], self.label[idx]
 
@@ -195,14 +221,15 @@ def evaluate(model, data, batch):
 
 def train(net, a, log=print):
     """Train one network; returns (model, record)."""
-    n_cls = a.n_hues * len(TEXTURES)
+    textures = VOCABULARIES[a.vocabulary]
+    n_cls = a.n_hues * len(textures)
     torch.manual_seed(a.seed)
     model = Classifier(NETS[net], a.width, n_cls)
     for m in model.modules():  # zero-init the last BN of each residual branch (standard for ResNets from scratch)
         if hasattr(m, 'bn3'):
             nn.init.zeros_(m.bn3.weight)
-    train_set = GeneratedSet(a.seed, 0, a.n_train, a.size, a.n_hues)
-    val_set = GeneratedSet(a.seed, 10 ** 7, a.n_val, a.size, a.n_hues)
+    train_set = GeneratedSet(a.seed, 0, a.n_train, a.size, a.n_hues, textures)
+    val_set = GeneratedSet(a.seed, 10 ** 7, a.n_val, a.size, a.n_hues, textures)
     steps_per_epoch = a.n_train // a.batch
     total = steps_per_epoch * a.epochs
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=a.weight_decay)
@@ -242,7 +269,9 @@ def get_parser():
     p.add_argument('--nets', nargs='+', default=list(NETS), choices=list(NETS))
     p.add_argument('--width', default=8, type=int, help='the demo width (64 = the real networks)')
     p.add_argument('--size', default=64, type=int, help='image side in pixels')
-    p.add_argument('--n_hues', default=12, type=int, help='hue bands; classes = hues x 6 textures')
+    p.add_argument('--n_hues', default=12, type=int, help='hue bands; classes = hues x textures')
+    p.add_argument('--vocabulary', default='basic', choices=list(VOCABULARIES),
+                   help='basic: 6 textures (the committed width-8 pair); wide: 9 textures and lit shapes')
     p.add_argument('--n_train', default=14400, type=int)
     p.add_argument('--n_val', default=2160, type=int)
     p.add_argument('--epochs', default=12, type=int)
