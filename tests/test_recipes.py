@@ -115,6 +115,12 @@ def test_run_demo_sh_environment_and_flags_after_the_separator(tmp_path):
     assert parse(calls[2]).seg_iters == 9
     calls = recorded(tmp_path, 'run_demo.sh', str(tmp_path / 'demo'), SEG_ITERS='600')
     assert parse(calls[2]).seg_iters == 600
+    # DeepLab's crops: not rescaled in the demo, the recipe's [0.5, 2.0] in --quick; two words from the environment
+    assert parse(calls[2]).seg_scales == [1.0, 1.0]
+    calls = recorded(tmp_path, 'run_demo.sh', str(tmp_path / 'demo'), SEG_SCALES='0.75 1.5')
+    assert parse(calls[2]).seg_scales == [0.75, 1.5]
+    calls = recorded(tmp_path, 'run_demo.sh', '--quick', str(tmp_path / 'demo_quick'))
+    assert parse(calls[2]).seg_scales == [0.5, 2.0] and parse(calls[2]).seg_iters == 200
 
 
 @pytest.mark.parametrize('asked', [64])

@@ -44,7 +44,7 @@ SETS = {'tune': ('a', 1), 'a': ('a', 0), 'b': ('b', 0), 'c': ('c', 0), 'd': ('d'
 # run_coco.sh at the demo's scale: the demo's miniature settings (run_demo.sh), the stand-in weights, no pictures
 COCO_DEMO = ['--backbone_width', '8', '--sfc_crop_size', '192', '--sfc_num_epoches', 'SFC_EPOCHS', '--sfc_momentum',
              'SFC_MOMENTUM', '--seg_crop_size', '129', '--seg_iters', 'SEG_ITERS', '--seg_lr', 'SEG_LR',
-             '--cam_vis_count', '0', '--run_log', 'True']
+             '--seg_scales', 'SEG_SCALES', '--cam_vis_count', '0', '--run_log', 'True']
 KEYS = ('cam', 'crf_labels', 'irn_masks', 'deeplab_crf', 'deeplab_nocrf')
 
 
@@ -73,7 +73,7 @@ def run_one(work, variant, data_seed, seed, quick, env_extra):
         env.update(COCO14_ROOT=root, WORK_DIR=work, DEVICE='cpu', NUM_WORKERS='2', VIS_IMAGES='0',
                    BACKBONE_WEIGHTS=os.path.join(ROOT, 'weights', 'standin', 'resnet50_w8.pth'),
                    SEG_INIT=os.path.join(ROOT, 'weights', 'standin', 'resnet101_w8.pth'))
-        flags = [env_extra.get(f, demo_setting(f)) if f.isupper() else f for f in COCO_DEMO]
+        flags = [v for f in COCO_DEMO for v in (env_extra.get(f, demo_setting(f)).split() if f.isupper() else [f])]
         cmd = ['bash', os.path.join(ROOT, 'run_coco.sh'), *flags, '--seed', str(seed)]
     with open(os.path.join(os.path.dirname(work), os.path.basename(work) + '.log'), 'w') as log:
         subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
@@ -123,13 +123,14 @@ def run_oracle(run, oracle, variant, seed, env_extra):
 
 
 def demo_setting(name):
-    """A setting's default as run_demo.sh writes it (NAME=${NAME:-value})."""
+    """A setting's default in the demo (not --quick) as run_demo.sh writes it (NAME=${NAME:-value}): the last such
+    line, since the --quick block sets its own values first."""
     import re
     text = open(os.path.join(ROOT, 'run_demo.sh'), encoding='utf-8').read()
-    m = re.search(rf'{name}=\$\{{{name}:-([^}}]+)\}}', text)
+    m = re.findall(rf'{name}=\$\{{{name}:-([^}}]+)\}}', text)
     if not m:
         raise ValueError(f'run_demo.sh has no overridable {name}')
-    return m.group(1)
+    return m[-1]
 
 
 def main(argv=None):
