@@ -219,6 +219,10 @@ EDITS = [
      "'seg_scales': [0.5, 2.0], 'seg_scale_mode': 'uniform', 'seg_loss': 'balanced'},",
      "'seg_scales': [0.5, 2.0], 'seg_scale_mode': 'choice', 'seg_loss': 'balanced'},",
      ['tests/test_authors_constants.py'], None),
+    ("run_demo.sh leaves DeepLab's crops at the recipe's rescaling", 'run_demo.sh',
+     '--seg_lr "$SEG_LR" --seg_scales $SEG_SCALES', '--seg_lr "$SEG_LR"', ['tests/test_recipes.py'], None),
+    ("stage_study reads the --quick block's settings as the demo's", 'tools/stage_study.py', '    return m[-1]',
+     '    return m[0]', ['tests/test_standin.py'], None),
 ]
 
 
