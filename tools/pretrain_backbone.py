@@ -13,7 +13,9 @@ Classification set: n_hues x 6 textures = 72 balanced classes (a hue band of the
 / vertical / diagonal stripes, checker, dots). Each image is a noisy gradient background with 0-3 small clutter
 shapes of random classes and one large object of its class (ellipse, rectangle, triangle, ring, cross or star;
 random size, position, saturation, brightness, texture period and contrast). Image i is a function of
-(seed, i); train and val images come from disjoint index ranges.
+(seed, i); train and val images come from disjoint index ranges. `--vocabulary wide` adds three texture families
+(noise blotches, grain, concentric rings: n_hues x 9 classes) and lights half the shapes by a brightness gradient;
+the committed files use the basic six.
 
 Training: torchvision's ResNet layout and strides (2, 2, 2, 2), global average pool and a linear classifier,
 BatchNorm with batch statistics, SGD momentum 0.9, weight decay 5e-5, cosine lr from 0.2 (batch 64), random
@@ -130,7 +132,7 @@ def paint(rng, img, mask, cls, n_hues, textures=TEXTURES):
     hue_band, tex = divmod(cls, len(textures))
     pattern = texture(textures[tex], size, size, int(rng.integers(6, 11)), rng.uniform(0.35, 0.65),
                       rng.integers(0, 10, size=2))
-    if textures is not TEXTURES and rng.uniform() < 0.5:  # the wide vocabulary lights half the shapes
+    if textures != TEXTURES and rng.uniform() < 0.5:  # the wide vocabulary lights half the shapes
         pattern = pattern * light(rng, size)
     fill = class_colour(rng, hue_band, n_hues)[None, None] * pattern[..., None] + rng.normal(0, 8, (size, size, 3))
     img[mask] = fill[mask]
