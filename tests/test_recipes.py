@@ -123,6 +123,21 @@ def test_run_demo_sh_environment_and_flags_after_the_separator(tmp_path):
     assert parse(calls[2]).seg_scales == [0.5, 2.0] and parse(calls[2]).seg_iters == 200
 
 
+def test_stage_study_coco_runs_and_gt_oracle(tmp_path):
+    """tools.stage_study's coco set: run_coco.sh at the demo's DeepLab settings, and its seg_gt oracle runs only
+    DeepLab, on the copied GT of train2014 (flags after run_coco.sh's own win)."""
+    from tools import stage_study
+    flags = stage_study.coco_flags({}) + ['--seed', '10']
+    run, = recorded(tmp_path, 'run_coco.sh', *flags)
+    a = parse(run)
+    assert (a.seg_iters, a.seg_lr, a.seg_scales, a.seg_crop_size, a.sfc_num_epoches) == (300, 5e-3, [1.0, 1.0], 129, 6)
+    assert a.train_sfc_pass and a.seg_label_dir.endswith('ir_label')
+    oracle, = recorded(tmp_path, 'run_coco.sh', *flags, '--seg_label_dir', str(tmp_path / 'gt'), *stage_study.COCO_SKIP)
+    o = parse(oracle)
+    assert steps(o) == ['train_seg', 'make_seg', 'eval_seg'] and o.seg_label_dir == str(tmp_path / 'gt')
+    assert (o.seg_iters, o.seg_scales, o.seed) == (300, [1.0, 1.0], 10)
+
+
 @pytest.mark.parametrize('asked', [64])
 def test_loader_workers_are_capped_at_the_process_share_of_the_cores(asked):
     from misc import distributed

@@ -18,7 +18,7 @@ environment for run_demo.sh (a setting to try on the tuning set, e.g. EXP_TIMES=
 Writes <work_dir>/stage_study.json and prints one table per set and one of every run.
 
 --oracles also measures, from each finished run, what a stage can reach at this size when its input is perfect or
-different, with the recipe's budget (each in <run>_<oracle>/, reusing the run's CAMs):
+different, with the recipe's budget (each in <run>_<oracle>/, reusing the run's CAMs; the coco set has seg_gt only):
     irn_gt      IRN trained on IR labels equal to the GT (its void band as 255), walking the run's CAMs
     seg_gt      DeepLab trained on the GT masks of train instead of the pseudo masks
     seg_crf     DeepLab trained on the CRF labels (ir_label/, 255 ignored) instead of the IRN masks
@@ -70,17 +70,28 @@ def run_one(work, variant, data_seed, seed, quick, env_extra):
             subprocess.run([sys.executable, '-m', 'coco14.synthetic', '--out_root', root, '--n_train', '1000',
                             '--n_val', '200', '--seed', str(data_seed), '--n_classes', '20', '--min_size', '160',
                             '--max_size', '240'], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        env.update(COCO14_ROOT=root, WORK_DIR=work, DEVICE='cpu', NUM_WORKERS='2', VIS_IMAGES='0',
-                   BACKBONE_WEIGHTS=os.path.join(ROOT, 'weights', 'standin', 'resnet50_w8.pth'),
-                   SEG_INIT=os.path.join(ROOT, 'weights', 'standin', 'resnet101_w8.pth'))
-        flags = [v for f in COCO_DEMO for v in (env_extra.get(f, demo_setting(f)).split() if f.isupper() else [f])]
-        cmd = ['bash', os.path.join(ROOT, 'run_coco.sh'), *flags, '--seed', str(seed)]
+        env.update(coco_env(root, work))
+        cmd = ['bash', os.path.join(ROOT, 'run_coco.sh'), *coco_flags(env_extra), '--seed', str(seed)]
     with open(os.path.join(os.path.dirname(work), os.path.basename(work) + '.log'), 'w') as log:
         subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
     return time.time() - t0
 
 
+def coco_env(root, work):
+    """run_coco.sh's environment at the demo's scale: the generated root, the stand-in weights, no pictures."""
+    return dict(COCO14_ROOT=root, WORK_DIR=work, DEVICE='cpu', NUM_WORKERS='2', VIS_IMAGES='0',
+                BACKBONE_WEIGHTS=os.path.join(ROOT, 'weights', 'standin', 'resnet50_w8.pth'),
+                SEG_INIT=os.path.join(ROOT, 'weights', 'standin', 'resnet101_w8.pth'))
+
+
+def coco_flags(env_extra):
+    """COCO_DEMO with each NAME replaced by its value (from the extra environment, else the demo's), split into words."""
+    return [v for f in COCO_DEMO for v in (env_extra.get(f, demo_setting(f)).split() if f.isupper() else [f])]
+
+
 ORACLES = ('irn_gt', 'seg_gt', 'seg_crf', 'seg_x2')
+COCO_SKIP = ['--train_sfc_pass', 'False', '--make_cam_pass', 'False', '--eval_cam_pass', 'False',
+             '--cam_to_ir_label_pass', 'False', '--eval_sem_seg_pass', 'False']  # run_coco.sh's steps before DeepLab
 
 
 def run_oracle(run, oracle, variant, seed, env_extra):
@@ -94,6 +105,20 @@ def run_oracle(run, oracle, variant, seed, env_extra):
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         shutil.copytree(os.path.join(run, 'meta'), os.path.join(work, 'meta'))
+        if variant == 'coco':  # run_coco.sh's DeepLab on the GT PNGs of train2014 (the other oracles need IRN)
+            if oracle != 'seg_gt':
+                raise ValueError(f'the coco set has only the seg_gt oracle (run_coco.sh trains DeepLab on the CRF '
+                                 f'labels without IRN), not {oracle}')
+            root = os.path.join(run, 'coco2014')
+            for n in open(os.path.join(run, 'meta', 'train2014.txt')).read().split():
+                camio.write_label(camio.label_path(os.path.join(work, 'gt_masks'), n), camio.read_label(
+                    os.path.join(root, 'SegmentationClass', 'train2014', n + '.png')))
+            cmd = ['bash', os.path.join(ROOT, 'run_coco.sh'), *coco_flags(env_extra), '--seed', str(seed),
+                   '--seg_label_dir', os.path.join(work, 'gt_masks'), *COCO_SKIP]
+            with open(work + '.log', 'w') as log:
+                subprocess.run(cmd, env=dict(os.environ, **coco_env(root, work)), stdout=log,
+                               stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+            return stages.stage_values(work)
         data = os.path.join(run, 'VOC2012')
         env = dict(os.environ, SEED=str(seed), DATA=data, **env_extra)
 
