@@ -3,7 +3,7 @@
 # train_seg, make_seg, eval_seg) on generated VOC-format data, on CPU. Sets up .venv if needed, generates the data,
 # runs every step, prints per-class tables and a summary with each stage's gain over the previous.
 #
-#   bash run_demo.sh [WORK_DIR]            the demo (work/demo), about 9 minutes on 2 cores
+#   bash run_demo.sh [WORK_DIR]            the demo (work/demo), about 8 minutes on 2 cores
 #   bash run_demo.sh --quick [WORK_DIR]    a first look in about 3 minutes: smaller images, fewer steps
 #   bash run_demo.sh --variant b|c|d       the same recipe on a differently generated set (work/demo_b, ...)
 #   DATA=/path/VOC2012 bash run_demo.sh    the same recipe on any VOC-format root (nothing generated)
