@@ -93,7 +93,7 @@ def test_wide_vocabulary_adds_three_textures_and_light():
     assert agree['blotches'] > 0.85 and agree['grain'] < 0.05 and 0.7 < agree['rings'] < 0.97, agree
     assert set(np.unique(tex['blotches'])) == set(np.unique(tex['rings'])) == {np.float32(0.5), np.float32(1.0)}
     assert np.array_equal(tex['blotches'], pretrain_backbone.texture('blotches', *args))  # seeded by the phase
-    light = pretrain_backbone.light(np.random.default_rng(0), 64)
+    light = pretrain_backbone.shading(np.random.default_rng(0), 64, 64)
     assert abs(light.min() - 0.65) < 1e-6 and abs(light.max() - 1.25) < 1e-6
 
 

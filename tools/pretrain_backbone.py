@@ -45,6 +45,7 @@ if ROOT not in sys.path:
 from misc import camio  # noqa: E402
 from misc.imutils import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from net.resnet50 import ResNet, batchnorm_training  # noqa: E402
+from voc12.synthetic import shading  # noqa: E402
 
 NETS = {'resnet50': (3, 4, 6, 3), 'resnet101': (3, 4, 23, 3)}
 TEXTURES = ('solid', 'hstripe', 'vstripe', 'diagonal', 'checker', 'dots')
@@ -119,21 +120,13 @@ def class_colour(rng, hue_band, n_hues):
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def light(rng, size):
-    """A linear brightness gradient from 0.65 to 1.25 across the image, in a random direction."""
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    a = rng.uniform(0, 2 * np.pi)
-    g = np.cos(a) * xx + np.sin(a) * yy
-    return (0.65 + 0.6 * (g - g.min()) / max(g.max() - g.min(), 1e-6)).astype(np.float32)
-
-
 def paint(rng, img, mask, cls, n_hues, textures=TEXTURES):
     size = img.shape[0]
     hue_band, tex = divmod(cls, len(textures))
     pattern = texture(textures[tex], size, size, int(rng.integers(6, 11)), rng.uniform(0.35, 0.65),
                       rng.integers(0, 10, size=2))
     if textures != TEXTURES and rng.uniform() < 0.5:  # the wide vocabulary lights half the shapes
-        pattern = pattern * light(rng, size)
+        pattern = pattern * shading(rng, size, size)  # the demo data's light gradient, 0.65 to 1.25
     fill = class_colour(rng, hue_band, n_hues)[None, None] * pattern[..., None] + rng.normal(0, 8, (size, size, 3))
     img[mask] = fill[mask]
 

@@ -85,7 +85,7 @@ def coco_env(root, work):
 
 
 def coco_flags(env_extra):
-    """COCO_DEMO with each NAME replaced by its value (from the extra environment, else the demo's), split into words."""
+    """COCO_DEMO with each NAME replaced by its value (from the extra environment, else the demo's), in words."""
     return [v for f in COCO_DEMO for v in (env_extra.get(f, demo_setting(f)).split() if f.isupper() else [f])]
 
 
@@ -105,14 +105,17 @@ def run_oracle(run, oracle, variant, seed, env_extra):
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         shutil.copytree(os.path.join(run, 'meta'), os.path.join(work, 'meta'))
+
+        def gt_copy(list_name, dest, gt_dir):
+            for n in open(os.path.join(run, 'meta', list_name)).read().split():
+                camio.write_label(camio.label_path(dest, n), camio.read_label(os.path.join(gt_dir, n + '.png')))
         if variant == 'coco':  # run_coco.sh's DeepLab on the GT PNGs of train2014 (the other oracles need IRN)
             if oracle != 'seg_gt':
                 raise ValueError(f'the coco set has only the seg_gt oracle (run_coco.sh trains DeepLab on the CRF '
                                  f'labels without IRN), not {oracle}')
             root = os.path.join(run, 'coco2014')
-            for n in open(os.path.join(run, 'meta', 'train2014.txt')).read().split():
-                camio.write_label(camio.label_path(os.path.join(work, 'gt_masks'), n), camio.read_label(
-                    os.path.join(root, 'SegmentationClass', 'train2014', n + '.png')))
+            gt_copy('train2014.txt', os.path.join(work, 'gt_masks'),
+                    os.path.join(root, 'SegmentationClass', 'train2014'))
             cmd = ['bash', os.path.join(ROOT, 'run_coco.sh'), *coco_flags(env_extra), '--seed', str(seed),
                    '--seg_label_dir', os.path.join(work, 'gt_masks'), *COCO_SKIP]
             with open(work + '.log', 'w') as log:
@@ -121,19 +124,14 @@ def run_oracle(run, oracle, variant, seed, env_extra):
             return stages.stage_values(work)
         data = os.path.join(run, 'VOC2012')
         env = dict(os.environ, SEED=str(seed), DATA=data, **env_extra)
-
-        def gt_copy(list_name, dest):
-            for n in open(os.path.join(run, 'meta', list_name)).read().split():
-                camio.write_label(camio.label_path(dest, n),
-                                  camio.read_label(os.path.join(data, 'SegmentationClass', n + '.png')))
         if oracle == 'irn_gt':
             shutil.copytree(os.path.join(run, 'cam'), os.path.join(work, 'cam'))
-            gt_copy('trainval.txt', os.path.join(work, 'ir_label'))
+            gt_copy('trainval.txt', os.path.join(work, 'ir_label'), os.path.join(data, 'SegmentationClass'))
             env['PARTS'] = 'irn'
         else:
             env['PARTS'] = 'seg'
             if oracle == 'seg_gt':
-                gt_copy('train.txt', os.path.join(work, 'gt_masks'))
+                gt_copy('train.txt', os.path.join(work, 'gt_masks'), os.path.join(data, 'SegmentationClass'))
                 env['SEG_LABEL_DIR'] = os.path.join(work, 'gt_masks')
             elif oracle == 'seg_crf':
                 env['SEG_LABEL_DIR'] = os.path.join(run, 'ir_label')
