@@ -138,6 +138,36 @@ def test_stage_study_coco_runs_and_gt_oracle(tmp_path):
     assert (o.seg_iters, o.seg_scales, o.seed) == (300, [1.0, 1.0], 10)
 
 
+def test_stage_study_hands_a_finished_run_to_the_pipeline_and_names_why_it_stopped(tmp_path, monkeypatch):
+    """A folder that already holds a finished run is not reused on sight: the recipe runs again, so that the
+    pipeline's records decide (reuse where the settings match, stop naming the flag where one changed), and that
+    stop reaches the user with the pipeline's own line."""
+    from misc.errors import InputError
+    from tools import stage_study
+    fake = tmp_path / 'python'
+    fake.write_text(RECORDER)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    record = tmp_path / 'record'
+    record.write_bytes(b'')
+    monkeypatch.setenv('PYTHON', str(fake))
+    monkeypatch.setenv('RECORD', str(record))
+    monkeypatch.setenv('VIS_IMAGES', '0')
+    work = tmp_path / 'a_s10'
+    (work / 'metrics').mkdir(parents=True)
+    (work / 'metrics' / 'eval_seg.json').write_text('{}')
+    stage_study.run_one(str(work), 'a', 0, 10, False, {'SEG_ITERS': '7'})
+    calls = [c for c in record.read_bytes().split(b'\n\0') if b'run_sample.py' in c]
+    assert calls and all(b'--seed\x0010' in c for c in calls) and any(b'--seg_iters\x007' in c for c in calls)
+    assert (tmp_path / 'a_s10.log').read_text().startswith('\n===== ')
+    stop = ('train_seg: the outputs in x were made with other settings: --seg_iters 300 -> 7; to keep them, give '
+            'this run another --work_dir')
+    fake.write_text(f'#!/usr/bin/env bash\necho "{stop}" >&2\nexit 1\n')
+    with pytest.raises(InputError) as e:
+        stage_study.run_one(str(work), 'a', 0, 10, False, {'SEG_ITERS': '7'})
+    assert stop in str(e.value) and str(tmp_path / 'a_s10.log') in str(e.value)
+    assert (tmp_path / 'a_s10.log').read_text().count('===== ') == 2  # the first attempt's log is kept
+
+
 @pytest.mark.parametrize('asked', [64])
 def test_loader_workers_are_capped_at_the_process_share_of_the_cores(asked):
     from misc import distributed

@@ -223,6 +223,13 @@ EDITS = [
      '--seg_lr "$SEG_LR" --seg_scales $SEG_SCALES', '--seg_lr "$SEG_LR"', ['tests/test_recipes.py'], None),
     ("stage_study reads the --quick block's settings as the demo's", 'tools/stage_study.py', '    return m[-1]',
      '    return m[0]', ['tests/test_standin.py'], None),
+    ('stage_study reuses a folder that holds a finished run without asking the pipeline', 'tools/stage_study.py',
+     "    env = dict(os.environ, SEED=str(seed), DATA_SEED=str(data_seed), **env_extra)",
+     "    if os.path.isfile(os.path.join(work, 'metrics', 'eval_seg.json')):\n        return 0.0\n"
+     "    env = dict(os.environ, SEED=str(seed), DATA_SEED=str(data_seed), **env_extra)", ['tests/test_recipes.py'], None),
+    ("stage_study's failure drops the pipeline's line naming the changed flag", 'tools/stage_study.py',
+     "stopped (exit {r.returncode}): {lines[-1] if lines else \"\"} '", "stopped (exit {r.returncode}) '",
+     ['tests/test_recipes.py'], None),
 ]
 
 

@@ -13,8 +13,10 @@ A set is NAME:VARIANT:DATA_SEED (voc12.synthetic's variant and seed); the names 
     d      d, data seed 0   many small overlapping blobs, pairs told apart by a hue shift, a horizon behind them
     coco   run_coco.sh at the demo's scale on a generated COCO-format set (20 classes, 1 000 train2014 and 200 val2014
            images of 160-240 px): CAMs and CRF labels scored on train2014, DeepLab on val2014
-Each run lives in <work_dir>/<set>_s<seed>/ (a finished run is reused: delete its folder to redo it). Extra
-environment for run_demo.sh (a setting to try on the tuning set, e.g. EXP_TIMES=5) goes after --, as NAME=VALUE.
+Each run lives in <work_dir>/<set>_s<seed>/, its log beside it. A re-run hands every run (and oracle) to the pipeline
+again: it reuses the steps made with the same settings and stops, naming the flag that changed, where a setting
+differs (another --work_dir, or deleting the folder, redoes it). Extra environment for run_demo.sh (a setting to try on
+the tuning set, e.g. EXP_TIMES=5) goes after --, as NAME=VALUE.
 Writes <work_dir>/stage_study.json and prints one table per set and one of every run.
 
 --oracles also measures, from each finished run, what a stage can reach at this size when its input is perfect or
@@ -58,9 +60,8 @@ def parse_set(spec):
 
 
 def run_one(work, variant, data_seed, seed, quick, env_extra):
-    done = os.path.join(work, 'metrics', 'eval_seg.json')
-    if os.path.isfile(done):
-        return 0.0
+    """One run of the recipe (seconds taken). Never skipped here on what the folder holds: the pipeline's records
+    decide what is reused, so a run made with other settings stops instead of being reported as this one."""
     env = dict(os.environ, SEED=str(seed), DATA_SEED=str(data_seed), **env_extra)
     t0 = time.time()
     cmd = ['bash', os.path.join(ROOT, 'run_demo.sh'), work, '--variant', variant] + (['--quick'] if quick else [])
@@ -72,9 +73,23 @@ def run_one(work, variant, data_seed, seed, quick, env_extra):
                             '--max_size', '240'], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         env.update(coco_env(root, work))
         cmd = ['bash', os.path.join(ROOT, 'run_coco.sh'), *coco_flags(env_extra), '--seed', str(seed)]
-    with open(os.path.join(os.path.dirname(work), os.path.basename(work) + '.log'), 'w') as log:
-        subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    run_logged(cmd, env, work + '.log')
     return time.time() - t0
+
+
+def run_logged(cmd, env, log_path):
+    """cmd from ROOT, its output appended to log_path (an earlier attempt's log stays above it). A failure raises
+    with the log's last line: where the folder holds a run made with other settings, the pipeline's line naming the
+    flag that changed."""
+    with open(log_path, 'a') as log:
+        log.write(f'\n===== {time.strftime("%Y-%m-%d %H:%M:%S")}: {" ".join(cmd)}\n')
+        log.flush()
+        r = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if r.returncode:
+        from misc.errors import InputError
+        lines = [ln.strip() for ln in open(log_path, errors='replace').read().splitlines() if ln.strip()]
+        raise InputError(f'{os.path.basename(cmd[1])} stopped (exit {r.returncode}): {lines[-1] if lines else ""} '
+                         f'(whole log: {log_path})')
 
 
 def coco_env(root, work):
@@ -95,53 +110,54 @@ COCO_SKIP = ['--train_sfc_pass', 'False', '--make_cam_pass', 'False', '--eval_ca
 
 
 def run_oracle(run, oracle, variant, seed, env_extra):
-    """One oracle from a finished run (see the module's docstring); -> its stage values."""
+    """One oracle from a finished run (see the module's docstring); -> its stage values. An unfinished oracle folder
+    starts over; a finished one goes to the pipeline again, which reuses it only where the settings match."""
     import shutil
 
     from misc import camio
     work = f'{run}_{oracle}'
     done = os.path.join(work, 'metrics', 'eval_seg.json' if oracle.startswith('seg') else 'eval_sem_seg.json')
-    if not os.path.isfile(done):
+    fresh = not os.path.isfile(done)
+    if fresh:
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         shutil.copytree(os.path.join(run, 'meta'), os.path.join(work, 'meta'))
 
-        def gt_copy(list_name, dest, gt_dir):
-            for n in open(os.path.join(run, 'meta', list_name)).read().split():
-                camio.write_label(camio.label_path(dest, n), camio.read_label(os.path.join(gt_dir, n + '.png')))
-        if variant == 'coco':  # run_coco.sh's DeepLab on the GT PNGs of train2014 (the other oracles need IRN)
-            if oracle != 'seg_gt':
-                raise ValueError(f'the coco set has only the seg_gt oracle (run_coco.sh trains DeepLab on the CRF '
-                                 f'labels without IRN), not {oracle}')
-            root = os.path.join(run, 'coco2014')
+    def gt_copy(list_name, dest, gt_dir):
+        for n in open(os.path.join(run, 'meta', list_name)).read().split():
+            camio.write_label(camio.label_path(dest, n), camio.read_label(os.path.join(gt_dir, n + '.png')))
+    if variant == 'coco':  # run_coco.sh's DeepLab on the GT PNGs of train2014 (the other oracles need IRN)
+        if oracle != 'seg_gt':
+            raise ValueError(f'the coco set has only the seg_gt oracle (run_coco.sh trains DeepLab on the CRF '
+                             f'labels without IRN), not {oracle}')
+        root = os.path.join(run, 'coco2014')
+        if fresh:
             gt_copy('train2014.txt', os.path.join(work, 'gt_masks'),
                     os.path.join(root, 'SegmentationClass', 'train2014'))
-            cmd = ['bash', os.path.join(ROOT, 'run_coco.sh'), *coco_flags(env_extra), '--seed', str(seed),
-                   '--seg_label_dir', os.path.join(work, 'gt_masks'), *COCO_SKIP]
-            with open(work + '.log', 'w') as log:
-                subprocess.run(cmd, env=dict(os.environ, **coco_env(root, work)), stdout=log,
-                               stderr=subprocess.STDOUT, check=True, cwd=ROOT)
-            return stages.stage_values(work)
-        data = os.path.join(run, 'VOC2012')
-        env = dict(os.environ, SEED=str(seed), DATA=data, **env_extra)
-        if oracle == 'irn_gt':
+        cmd = ['bash', os.path.join(ROOT, 'run_coco.sh'), *coco_flags(env_extra), '--seed', str(seed),
+               '--seg_label_dir', os.path.join(work, 'gt_masks'), *COCO_SKIP]
+        run_logged(cmd, dict(os.environ, **coco_env(root, work)), work + '.log')
+        return stages.stage_values(work)
+    data = os.path.join(run, 'VOC2012')
+    env = dict(os.environ, SEED=str(seed), DATA=data, **env_extra)
+    if oracle == 'irn_gt':
+        if fresh:
             shutil.copytree(os.path.join(run, 'cam'), os.path.join(work, 'cam'))
             gt_copy('trainval.txt', os.path.join(work, 'ir_label'), os.path.join(data, 'SegmentationClass'))
-            env['PARTS'] = 'irn'
-        else:
-            env['PARTS'] = 'seg'
-            if oracle == 'seg_gt':
+        env['PARTS'] = 'irn'
+    else:
+        env['PARTS'] = 'seg'
+        if oracle == 'seg_gt':
+            if fresh:
                 gt_copy('train.txt', os.path.join(work, 'gt_masks'), os.path.join(data, 'SegmentationClass'))
-                env['SEG_LABEL_DIR'] = os.path.join(work, 'gt_masks')
-            elif oracle == 'seg_crf':
-                env['SEG_LABEL_DIR'] = os.path.join(run, 'ir_label')
-            else:
-                env['SEG_LABEL_DIR'] = os.path.join(run, 'sem_seg')
-                iters = int(env_extra.get('SEG_ITERS') or demo_setting('SEG_ITERS'))
-                env['SEG_ITERS'] = str(2 * iters)
-        with open(work + '.log', 'w') as log:
-            subprocess.run(['bash', os.path.join(ROOT, 'run_demo.sh'), work], env=env, stdout=log,
-                           stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+            env['SEG_LABEL_DIR'] = os.path.join(work, 'gt_masks')
+        elif oracle == 'seg_crf':
+            env['SEG_LABEL_DIR'] = os.path.join(run, 'ir_label')
+        else:
+            env['SEG_LABEL_DIR'] = os.path.join(run, 'sem_seg')
+            iters = int(env_extra.get('SEG_ITERS') or demo_setting('SEG_ITERS'))
+            env['SEG_ITERS'] = str(2 * iters)
+    run_logged(['bash', os.path.join(ROOT, 'run_demo.sh'), work], env, work + '.log')
     return stages.stage_values(work)
 
 
@@ -176,7 +192,7 @@ def main(argv=None):
             work = os.path.abspath(os.path.join(a.work_dir, f'{name}_s{seed}'))
             took = run_one(work, variant, data_seed, seed, a.quick, env_extra)
             results.setdefault(name, {})[seed] = stages.stage_values(work)
-            print(f'[stage_study] {name} seed {seed}: ' + ('reused' if not took else format_seconds(took)) + '  ' +
+            print(f'[stage_study] {name} seed {seed}: {format_seconds(took)}  ' +
                   '  '.join(f'{k} {results[name][seed][k]:.4f}' for k in KEYS if k in results[name][seed]),
                   flush=True)
             for oracle in (ORACLES if a.oracles == [] else a.oracles or ()):
