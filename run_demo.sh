@@ -5,6 +5,8 @@
 #
 #   bash run_demo.sh [WORK_DIR]            the demo (work/demo), about 8 minutes on 2 cores
 #   bash run_demo.sh --quick [WORK_DIR]    a first look in about 3 minutes: smaller images, fewer steps
+#   bash run_demo.sh --full [WORK_DIR]     the paper's lists: pseudo masks for train_aug too, DeepLab on its 1 200
+#                                          images instead of train's 200 (work/demo_full, about 13 minutes)
 #   bash run_demo.sh --variant b|c|d       the same recipe on a differently generated set (work/demo_b, ...)
 #   DATA=/path/VOC2012 bash run_demo.sh    the same recipe on any VOC-format root (nothing generated)
 #   bash run_demo.sh --plan                what each step would cost on this machine (nothing is run)
@@ -17,17 +19,19 @@ cd "$(dirname "$0")"
 # glibc: keep large CPU buffers in the heap instead of mmap/unmap per forward (~10-15% faster on CPU)
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-17179869184} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-17179869184}
 
-VARIANT=a QUICK=False PLAN=() WORK_DIR=${WORK_DIR:-} EXTRA=()
+VARIANT=a QUICK=False FULL=False PLAN=() WORK_DIR=${WORK_DIR:-} EXTRA=()
 while [ $# -gt 0 ]; do
   case $1 in
     --variant) VARIANT=$2; shift 2 ;;
     --quick) QUICK=True; shift ;;
+    --full) FULL=True; shift ;;
     --plan) PLAN=(--plan True); shift ;;
     --) shift; EXTRA=("$@"); break ;;
     -*) echo "unknown option $1 (see the header of run_demo.sh; run_sample.py flags go after --)" >&2; exit 2 ;;
     *) WORK_DIR=$1; shift ;;
   esac
 done
+if [ "$QUICK$FULL" = TrueTrue ]; then echo "--quick and --full are two different miniatures: give one of them" >&2; exit 2; fi
 . ./setup_env.sh
 
 SEED=${SEED:-10}
@@ -70,7 +74,7 @@ SEG_SCALES=${SEG_SCALES:-1.0 1.0}    # tuned on set c: no rescaling of the crops
 if [ -n "${DATA:-}" ]; then   # any VOC-format root: its lists and labels are built under the work dir
   WORK_DIR=${WORK_DIR:-work/demo_$(basename "$(dirname "$DATA")")}
 else
-  WORK_DIR=${WORK_DIR:-work/demo$([ "$VARIANT" = a ] || echo "_$VARIANT")$([ "$QUICK" = False ] || echo _quick)}
+  WORK_DIR=${WORK_DIR:-work/demo$([ "$VARIANT" = a ] || echo "_$VARIANT")$([ "$QUICK" = False ] || echo _quick)$([ "$FULL" = False ] || echo _full)}
   DATA=$WORK_DIR/VOC2012
   if [ ! -f "$DATA/ImageSets/Segmentation/val.txt" ]; then
     # shellcheck disable=SC2086
@@ -79,7 +83,7 @@ else
   fi
 fi
 META=$WORK_DIR/meta
-if [ ! -f "$META/cls_labels.npz" ]; then
+if [ ! -f "$META/cls_labels.npz" ] || { [ "$FULL" = True ] && [ ! -f "$META/train_aug_val.txt" ]; }; then
   "$PY" -m voc12.make_cls_labels --voc12_root "$DATA" --out_dir "$META"
 fi
 COMMON=(--voc12_root "$DATA" --work_dir "$WORK_DIR" --device "$DEVICE" --seed "$SEED"
@@ -88,6 +92,14 @@ COMMON=(--voc12_root "$DATA" --work_dir "$WORK_DIR" --device "$DEVICE" --seed "$
 # every sfc_run call ends with "${EXTRA[@]}": flags after -- win over the values below and the environment's
 TRAIN_LIST=$META/train_aug.txt
 [ -f "$TRAIN_LIST" ] || TRAIN_LIST=$META/train.txt
+# The pseudo masks: the demo makes them for train and val (300 images) and trains DeepLab on train's 200; --full, as
+# the paper, makes them for train_aug and val (1 300) and trains DeepLab on train_aug's 1 200 (IRN trains on train and
+# val in both: its settings were tuned there). Scores are on val either way.
+INFER_LIST=$META/trainval.txt SEG_TRAIN_LIST=$META/train.txt
+if [ "$FULL" = True ]; then
+  if [ ! -f "$META/train_aug_val.txt" ]; then echo "--full needs a train_aug list: $DATA has no SegmentationClassAug/" >&2; exit 2; fi
+  INFER_LIST=$META/train_aug_val.txt SEG_TRAIN_LIST=$META/train_aug.txt
+fi
 
 PARTS=${PARTS:-sfc,cams,irn,seg}   # a subset re-runs parts on an existing work dir (tools.stage_study's oracles)
 on() { case ",$PARTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -98,19 +110,19 @@ on sfc && sfc_run "${COMMON[@]}" --num_workers 1 --train_list "$TRAIN_LIST" \
   --sfc_momentum "$SFC_MOMENTUM" --sfc_dc_offset auto --sfc_select_on_gt False \
   --train_sfc_pass True "${EXTRA[@]}"
 
-# 2. CAMs, IR labels, IRN and pseudo masks on train+val; everything scored on val
+# 2. CAMs, IR labels and pseudo masks on $INFER_LIST, IRN trained on train+val; everything scored on val
 CAMS=$(on cams && echo True || echo False) IRN=$(on irn && echo True || echo False)
 [ "$CAMS$IRN" = FalseFalse ] || sfc_run "${COMMON[@]}" --num_workers 2 \
-  --train_list "$META/trainval.txt" --infer_list "$META/trainval.txt" \
+  --train_list "$META/trainval.txt" --infer_list "$INFER_LIST" \
   --cam_scales 1.0 0.5 1.5 2.0 --cam_eval_source proto_cam cam fused --cam_vis_count 8 \
   --irn_crop_size $IRN_CROP --irn_batch_size 16 --irn_num_epoches "$IRN_EPOCHS" --irn_lr "$IRN_LR" \
   --irn_momentum "$IRN_MOMENTUM" --irn_radius "$IRN_RADIUS" --exp_times "$EXP_TIMES" --irn_rescale $IRN_RESCALE \
   --make_cam_pass $CAMS --eval_cam_pass $CAMS --cam_to_ir_label_pass $CAMS \
   --train_irn_pass $IRN --make_sem_seg_pass $IRN --eval_sem_seg_pass $IRN "${EXTRA[@]}"
 
-# 3. DeepLab-v2 (ResNet-101, width 8) on the pseudo masks of train (200 images), predictions + CRF on val
+# 3. DeepLab-v2 (ResNet-101, width 8) on the pseudo masks of $SEG_TRAIN_LIST, predictions + CRF on val
 on seg && sfc_run "${COMMON[@]}" --num_workers 2 \
-  --seg_init "$STANDIN/resnet101_w8.pth" --seg_train_list "$META/train.txt" --seg_infer_list "$META/val.txt" \
+  --seg_init "$STANDIN/resnet101_w8.pth" --seg_train_list "$SEG_TRAIN_LIST" --seg_infer_list "$META/val.txt" \
   --seg_crop_size $SEG_CROP --seg_batch_size 10 --seg_iters "$SEG_ITERS" --seg_lr "$SEG_LR" --seg_scales $SEG_SCALES \
   --seg_print_freq 50 \
   ${SEG_LABEL_DIR:+--seg_label_dir "$SEG_LABEL_DIR"} \

@@ -34,6 +34,8 @@ def test_lists_and_labels_built_from_dataset(tiny_voc):
     aug = voc.load_img_name_list(os.path.join(meta, 'train_aug.txt'))
     assert len(train) == 12 and len(val) == 6 and len(aug) == 22
     assert set(train) <= set(aug) and not set(val) & set(aug)
+    assert voc.load_img_name_list(os.path.join(meta, 'train_aug_val.txt')) == sorted(aug + val)
+    assert voc.load_img_name_list(os.path.join(meta, 'trainval.txt')) == sorted(train + val)
     labels = voc.load_cls_labels(os.path.join(meta, 'cls_labels.npz'))
     assert set(labels) == set(train) | set(val) | set(aug)
     for name in train[:5]:
@@ -62,6 +64,7 @@ def test_no_train_aug_without_aug_folder(tiny_voc, tmp_path):
     os.remove(root / 'Annotations' / (voc.load_img_name_list(str(root / 'ImageSets/Segmentation/train.txt'))[0] + '.xml'))
     lists, labels, _ = build(str(root), str(tmp_path / 'meta'))
     assert set(lists) == {'train', 'val'}  # labels of the XML-less image came from its PNG
+    assert not os.path.exists(tmp_path / 'meta' / 'train_aug_val.txt')
     assert labels.sum(1).min() >= 1
 
 

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 
+import numpy as np
 import pytest
 
 import run_sample
@@ -27,7 +28,8 @@ def recorded(tmp_path, script, *args, **env):
     record.write_bytes(b'')
     work = tmp_path / 'work'
     (work / 'meta').mkdir(parents=True, exist_ok=True)
-    for f in ('cls_labels.npz', 'train_aug.txt', 'train.txt', 'val.txt', 'train2014.txt', 'val2014.txt'):
+    for f in ('cls_labels.npz', 'train_aug.txt', 'train.txt', 'val.txt', 'train2014.txt', 'val2014.txt',
+              'train_aug_val.txt'):
         (work / 'meta' / f).write_text('')
     base = {k: v for k, v in os.environ.items() if k not in ('VIRTUAL_ENV', 'CONDA_PREFIX')}
     base.update(PYTHON=str(fake), RECORD=str(record), WORK_DIR=str(work), VIS_IMAGES='0', DEVICE='cpu',
@@ -121,6 +123,55 @@ def test_run_demo_sh_environment_and_flags_after_the_separator(tmp_path):
     assert parse(calls[2]).seg_scales == [0.75, 1.5]
     calls = recorded(tmp_path, 'run_demo.sh', '--quick', str(tmp_path / 'demo_quick'))
     assert parse(calls[2]).seg_scales == [0.5, 2.0] and parse(calls[2]).seg_iters == 200
+
+
+def test_run_demo_sh_full_makes_pseudo_masks_for_train_aug_and_trains_deeplab_there(tmp_path):
+    """The demo makes pseudo masks for train and val and trains DeepLab on train; --full, as the paper, makes them for
+    train_aug and val and trains DeepLab on train_aug. IRN trains on train and val in both."""
+    meta = str(tmp_path / 'work' / 'meta')
+    for full, infer, seg_train in ((False, 'trainval.txt', 'train.txt'), (True, 'train_aug_val.txt', 'train_aug.txt')):
+        sfc, cams, seg = recorded(tmp_path, 'run_demo.sh', *(['--full'] if full else []))
+        c, d = parse(cams), parse(seg)
+        assert c.infer_list == os.path.join(meta, infer) and c.train_list == os.path.join(meta, 'trainval.txt')
+        assert d.seg_train_list == os.path.join(meta, seg_train) and d.seg_iters == 300
+        assert parse(sfc).train_list == os.path.join(meta, 'train_aug.txt')
+    out = subprocess.run(['bash', os.path.join(ROOT, 'run_demo.sh'), '--quick', '--full'], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and '--quick and --full' in out.stderr
+
+
+def test_stage_study_full_gt_oracle_trains_on_the_gt_of_train_aug(tmp_path, monkeypatch):
+    """With --full the seg_gt oracle copies the GT of every train_aug image (VOC train's from SegmentationClass, the
+    others' from SegmentationClassAug) and hands run_demo.sh --full that copy."""
+    from misc import camio
+    from tools import stage_study
+    fake = tmp_path / 'python'
+    fake.write_text(RECORDER)
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    record = tmp_path / 'record'
+    record.write_bytes(b'')
+    monkeypatch.setenv('PYTHON', str(fake))
+    monkeypatch.setenv('RECORD', str(record))
+    run = tmp_path / 'b_s10'
+    (run / 'meta').mkdir(parents=True)
+    (run / 'meta' / 'train.txt').write_text('t1\n')
+    (run / 'meta' / 'train_aug.txt').write_text('a1\nt1\n')
+    (run / 'meta' / 'train_aug_val.txt').write_text('a1\nt1\nv1\n')
+    (run / 'meta' / 'cls_labels.npz').write_text('')
+    voc = run / 'VOC2012'
+    masks = {'t1': 3, 'a1': 7}
+    for n, v in masks.items():
+        folder = voc / ('SegmentationClass' if n.startswith('t') else 'SegmentationClassAug')
+        folder.mkdir(parents=True, exist_ok=True)
+        camio.write_label(str(folder / f'{n}.png'), np.full((4, 5), v, np.uint8))
+    stage_study.run_oracle(str(run), 'seg_gt', 'b', 10, {}, full=True)
+    gt = tmp_path / 'b_s10_seg_gt' / 'gt_masks'
+    assert {n: int(camio.read_label(camio.label_path(str(gt), n)).max()) for n in masks} == masks
+    calls = [c for c in record.read_bytes().split(b'\n\0') if b'run_sample.py' in c]
+    seg = [[t.decode() for t in c.split(b'\0') if t] for c in calls if b'--train_seg_pass\x00True' in c]
+    assert len(seg) == 1 and seg[0][0].endswith('run_sample.py')
+    a = parse(seg[0][1:])
+    assert a.seg_label_dir == str(gt) and a.seg_train_list.endswith('train_aug.txt')
 
 
 def test_stage_study_coco_runs_and_gt_oracle(tmp_path):

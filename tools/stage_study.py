@@ -4,6 +4,7 @@ seeds, and the paper's stage table (misc.stages) as mean and spread over the see
     python -m tools.stage_study                               # the reported sets, seeds 10 and 11 (about 2 hours)
     python -m tools.stage_study --sets tune --seeds 10        # the tuning set only (settings are chosen on it)
     python -m tools.stage_study --sets a:a:0 b:b:0 --quick    # the quick miniature
+    python -m tools.stage_study --sets b --full --work_dir work/stage_study_full   # run_demo.sh --full
 
 A set is NAME:VARIANT:DATA_SEED (voc12.synthetic's variant and seed); the names below are the defaults:
     tune   a, data seed 1   the set the demo's settings were chosen on; never reported
@@ -22,7 +23,7 @@ Writes <work_dir>/stage_study.json and prints one table per set and one of every
 --oracles also measures, from each finished run, what a stage can reach at this size when its input is perfect or
 different, with the recipe's budget (each in <run>_<oracle>/, reusing the run's CAMs; the coco set has seg_gt only):
     irn_gt      IRN trained on IR labels equal to the GT (its void band as 255), walking the run's CAMs
-    seg_gt      DeepLab trained on the GT masks of train instead of the pseudo masks
+    seg_gt      DeepLab trained on the GT masks of its training images (train; train_aug with --full)
     seg_crf     DeepLab trained on the CRF labels (ir_label/, 255 ignored) instead of the IRN masks
     seg_x2      DeepLab on the IRN masks with twice the updates (is the budget the limit?)
 """
@@ -59,13 +60,14 @@ def parse_set(spec):
     return parts[0], parts[1], int(parts[2])
 
 
-def run_one(work, variant, data_seed, seed, quick, env_extra):
+def run_one(work, variant, data_seed, seed, quick, env_extra, full=False):
     """One run of the recipe (seconds taken). Never skipped here on what the folder holds: the pipeline's records
     decide what is reused, so a run made with other settings stops instead of being reported as this one."""
     env = dict(os.environ, SEED=str(seed), DATA_SEED=str(data_seed), **env_extra)
     t0 = time.time()
-    cmd = ['bash', os.path.join(ROOT, 'run_demo.sh'), work, '--variant', variant] + (['--quick'] if quick else [])
-    if variant == 'coco':
+    cmd = ['bash', os.path.join(ROOT, 'run_demo.sh'), work, '--variant', variant] + (['--quick'] if quick else []) + \
+        (['--full'] if full else [])
+    if variant == 'coco':  # run_coco.sh trains on all of train2014 already: --full changes nothing there
         root = os.path.join(work, 'coco2014')
         if not os.path.isdir(os.path.join(root, 'annotations')):
             subprocess.run([sys.executable, '-m', 'coco14.synthetic', '--out_root', root, '--n_train', '1000',
@@ -109,7 +111,7 @@ COCO_SKIP = ['--train_sfc_pass', 'False', '--make_cam_pass', 'False', '--eval_ca
              '--cam_to_ir_label_pass', 'False', '--eval_sem_seg_pass', 'False']  # run_coco.sh's steps before DeepLab
 
 
-def run_oracle(run, oracle, variant, seed, env_extra):
+def run_oracle(run, oracle, variant, seed, env_extra, full=False):
     """One oracle from a finished run (see the module's docstring); -> its stage values. An unfinished oracle folder
     starts over; a finished one goes to the pipeline again, which reuses it only where the settings match."""
     import shutil
@@ -123,9 +125,11 @@ def run_oracle(run, oracle, variant, seed, env_extra):
         os.makedirs(work)
         shutil.copytree(os.path.join(run, 'meta'), os.path.join(work, 'meta'))
 
-    def gt_copy(list_name, dest, gt_dir):
+    def gt_copy(list_name, dest, *gt_dirs):  # each image's mask from the first of gt_dirs that has it
         for n in open(os.path.join(run, 'meta', list_name)).read().split():
-            camio.write_label(camio.label_path(dest, n), camio.read_label(os.path.join(gt_dir, n + '.png')))
+            src = next((p for p in (os.path.join(d, n + '.png') for d in gt_dirs) if os.path.isfile(p)),
+                       os.path.join(gt_dirs[-1], n + '.png'))
+            camio.write_label(camio.label_path(dest, n), camio.read_label(src))
     if variant == 'coco':  # run_coco.sh's DeepLab on the GT PNGs of train2014 (the other oracles need IRN)
         if oracle != 'seg_gt':
             raise ValueError(f'the coco set has only the seg_gt oracle (run_coco.sh trains DeepLab on the CRF '
@@ -148,8 +152,9 @@ def run_oracle(run, oracle, variant, seed, env_extra):
     else:
         env['PARTS'] = 'seg'
         if oracle == 'seg_gt':
-            if fresh:
-                gt_copy('train.txt', os.path.join(work, 'gt_masks'), os.path.join(data, 'SegmentationClass'))
+            if fresh:  # the images run_demo.sh trains DeepLab on: train, or train_aug with --full
+                gt_copy('train_aug.txt' if full else 'train.txt', os.path.join(work, 'gt_masks'),
+                        os.path.join(data, 'SegmentationClass'), os.path.join(data, 'SegmentationClassAug'))
             env['SEG_LABEL_DIR'] = os.path.join(work, 'gt_masks')
         elif oracle == 'seg_crf':
             env['SEG_LABEL_DIR'] = os.path.join(run, 'ir_label')
@@ -157,7 +162,7 @@ def run_oracle(run, oracle, variant, seed, env_extra):
             env['SEG_LABEL_DIR'] = os.path.join(run, 'sem_seg')
             iters = int(env_extra.get('SEG_ITERS') or demo_setting('SEG_ITERS'))
             env['SEG_ITERS'] = str(2 * iters)
-    run_logged(['bash', os.path.join(ROOT, 'run_demo.sh'), work], env, work + '.log')
+    run_logged(['bash', os.path.join(ROOT, 'run_demo.sh'), work] + (['--full'] if full else []), env, work + '.log')
     return stages.stage_values(work)
 
 
@@ -181,6 +186,7 @@ def main(argv=None):
     p.add_argument('--seeds', nargs='+', type=int, default=[10, 11])
     p.add_argument('--work_dir', default='work/stage_study')
     p.add_argument('--quick', action='store_true', help="run_demo.sh --quick (the small miniature)")
+    p.add_argument('--full', action='store_true', help="run_demo.sh --full (pseudo masks and DeepLab on train_aug)")
     p.add_argument('--oracles', nargs='*', default=None, choices=ORACLES,
                    help='also the oracles of each run (all of them when named without values)')
     a = p.parse_args(argv)
@@ -190,13 +196,13 @@ def main(argv=None):
     for name, variant, data_seed in a.sets:
         for seed in a.seeds:
             work = os.path.abspath(os.path.join(a.work_dir, f'{name}_s{seed}'))
-            took = run_one(work, variant, data_seed, seed, a.quick, env_extra)
+            took = run_one(work, variant, data_seed, seed, a.quick, env_extra, a.full)
             results.setdefault(name, {})[seed] = stages.stage_values(work)
             print(f'[stage_study] {name} seed {seed}: {format_seconds(took)}  ' +
                   '  '.join(f'{k} {results[name][seed][k]:.4f}' for k in KEYS if k in results[name][seed]),
                   flush=True)
             for oracle in (ORACLES if a.oracles == [] else a.oracles or ()):
-                v = run_oracle(work, oracle, variant, seed, env_extra)
+                v = run_oracle(work, oracle, variant, seed, env_extra, a.full)
                 key = 'irn_masks' if oracle == 'irn_gt' else 'deeplab_crf'
                 results[name][seed][f'oracle_{oracle}'] = v.get(key)
                 if key == 'deeplab_crf':
@@ -223,7 +229,7 @@ def main(argv=None):
         print(format_table(['stage', 'mIoU', 'range', 'points over the CAM'], rows))
     with open(os.path.join(a.work_dir, 'stage_study.json'), 'w') as f:
         json.dump({'sets': {n: {'variant': v, 'data_seed': d} for n, v, d in a.sets}, 'seeds': a.seeds,
-                   'quick': a.quick, 'env': env_extra, 'runs': {n: {str(s): r for s, r in runs.items()}
+                   'quick': a.quick, 'full': a.full, 'env': env_extra, 'runs': {n: {str(s): r for s, r in runs.items()}
                                                                 for n, runs in results.items()},
                    'summary': summary}, f, indent=1)
     return summary

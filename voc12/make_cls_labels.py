@@ -4,9 +4,11 @@
 
 Writes train.txt and val.txt (ImageSets/Segmentation), train_aug.txt when SegmentationClassAug/ exists
 (SBD train+val together with VOC train, minus VOC val: every id with an augmented mask or in train, not in
-val), and cls_labels.npz: `names` (str) and `labels` uint8 (N, 20) multi-hot in CAT_LIST order. Labels
-come from Annotations/<id>.xml (every <name> equal to a category, as IRN's make_cls_labels), falling back
-to the segmentation PNG (SegmentationClass, then SegmentationClassAug) where the XML is absent.
+val) and with it train_aug_val.txt (train_aug and val: the images whose pseudo masks DeepLab trains on, and those
+they are scored on), trainval.txt (train and val), and cls_labels.npz: `names` (str) and `labels` uint8 (N, 20)
+multi-hot in CAT_LIST order. Labels come from Annotations/<id>.xml (every <name> equal to a category, as IRN's
+make_cls_labels), falling back to the segmentation PNG (SegmentationClass, then SegmentationClassAug) where the
+XML is absent.
 """
 import argparse
 import os
@@ -81,6 +83,8 @@ def build(root, out_dir):
     for split, names in lists.items():
         save_img_name_list(os.path.join(out_dir, split + '.txt'), names)
     save_img_name_list(os.path.join(out_dir, 'trainval.txt'), sorted(set(lists['train']) | set(lists['val'])))
+    if 'train_aug' in lists:
+        save_img_name_list(os.path.join(out_dir, 'train_aug_val.txt'), sorted(set(lists['train_aug']) | set(lists['val'])))
 
     def write(tmp):
         with open(tmp, 'wb') as f:
