@@ -230,6 +230,11 @@ EDITS = [
     ("stage_study's failure drops the pipeline's line naming the changed flag", 'tools/stage_study.py',
      "stopped (exit {r.returncode}): {lines[-1] if lines else \"\"} '", "stopped (exit {r.returncode}) '",
      ['tests/test_recipes.py'], None),
+    ("run_demo.sh --full trains DeepLab on train's 200 images", 'run_demo.sh',
+     'INFER_LIST=$META/train_aug_val.txt SEG_TRAIN_LIST=$META/train_aug.txt',
+     'INFER_LIST=$META/train_aug_val.txt SEG_TRAIN_LIST=$META/train.txt', ['tests/test_recipes.py'], None),
+    ("stage_study's --full GT oracle copies the GT of train only", 'tools/stage_study.py',
+     "gt_copy('train_aug.txt' if full else 'train.txt',", "gt_copy('train.txt',", ['tests/test_recipes.py'], None),
 ]
 
 
