@@ -25,7 +25,8 @@ FOREIGN = {'--standalone', '--nproc_per_node', '--nnodes', '--node_rank', '--mas
            '--gpus-per-node', '--cpus-per-task', '--time', '--kill-on-bad-exit', '--log-dir', '--log', '--no-deps',
            '--no-binary'}
 # run_demo.sh's own options: the patterns of its argument loop (`--quick) QUICK=True; shift ;;`)
-DEMO_OPTIONS = set(re.findall(r'^\s+(--[a-z]+)\)', open(os.path.join(ROOT, 'run_demo.sh'), encoding='utf-8').read(), re.M))
+DEMO_OPTIONS = set(re.findall(r'^\s+(--[a-z]+)\)', open(os.path.join(ROOT, 'run_demo.sh'), encoding='utf-8').read(),
+                              re.M))
 
 
 def blocks(path):
