@@ -19,13 +19,31 @@ printf '\\n\\0' >> "$RECORD"
 '''
 
 
-def recorded(tmp_path, script, *args, **env):
-    """The run_sample.py commands (argument lists) a recipe issues under env, with trailing args."""
+def fake_python(tmp_path):
+    """The stand-in interpreter (tmp_path/python) and the file it records into; -> (python, record)."""
     fake = tmp_path / 'python'
     fake.write_text(RECORDER)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     record = tmp_path / 'record'
     record.write_bytes(b'')
+    return fake, record
+
+
+def run_sample_calls(record):
+    """The run_sample.py commands (argument lists) in a record, in order."""
+    calls, current = [], []
+    for tok in record.read_bytes().split(b'\0'):
+        if tok == b'\n':
+            calls.append(current)
+            current = []
+        elif tok:
+            current.append(tok.decode())
+    return [c[1:] for c in calls if c and c[0].endswith('run_sample.py')]
+
+
+def recorded(tmp_path, script, *args, **env):
+    """The run_sample.py commands (argument lists) a recipe issues under env, with trailing args."""
+    fake, record = fake_python(tmp_path)
     work = tmp_path / 'work'
     (work / 'meta').mkdir(parents=True, exist_ok=True)
     for f in ('cls_labels.npz', 'train_aug.txt', 'train.txt', 'val.txt', 'train2014.txt', 'val2014.txt',
@@ -38,14 +56,7 @@ def recorded(tmp_path, script, *args, **env):
     out = subprocess.run(['bash', os.path.join(ROOT, script), *args], env=base, capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    calls, current = [], []
-    for tok in record.read_bytes().split(b'\0'):
-        if tok == b'\n':
-            calls.append(current)
-            current = []
-        elif tok:
-            current.append(tok.decode())
-    return [c[1:] for c in calls if c and c[0].endswith('run_sample.py')]
+    return run_sample_calls(record)
 
 
 def parse(call):
@@ -145,11 +156,7 @@ def test_stage_study_full_gt_oracle_trains_on_the_gt_of_train_aug(tmp_path, monk
     others' from SegmentationClassAug) and hands run_demo.sh --full that copy."""
     from misc import camio
     from tools import stage_study
-    fake = tmp_path / 'python'
-    fake.write_text(RECORDER)
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    record = tmp_path / 'record'
-    record.write_bytes(b'')
+    fake, record = fake_python(tmp_path)
     monkeypatch.setenv('PYTHON', str(fake))
     monkeypatch.setenv('RECORD', str(record))
     run = tmp_path / 'b_s10'
@@ -167,10 +174,8 @@ def test_stage_study_full_gt_oracle_trains_on_the_gt_of_train_aug(tmp_path, monk
     stage_study.run_oracle(str(run), 'seg_gt', 'b', 10, {}, full=True)
     gt = tmp_path / 'b_s10_seg_gt' / 'gt_masks'
     assert {n: int(camio.read_label(camio.label_path(str(gt), n)).max()) for n in masks} == masks
-    calls = [c for c in record.read_bytes().split(b'\n\0') if b'run_sample.py' in c]
-    seg = [[t.decode() for t in c.split(b'\0') if t] for c in calls if b'--train_seg_pass\x00True' in c]
-    assert len(seg) == 1 and seg[0][0].endswith('run_sample.py')
-    a = parse(seg[0][1:])
+    a, = [parse(c) for c in run_sample_calls(record)]  # PARTS=seg: DeepLab's call alone
+    assert a.train_seg_pass
     assert a.seg_label_dir == str(gt) and a.seg_train_list.endswith('train_aug.txt')
 
 
@@ -195,11 +200,7 @@ def test_stage_study_hands_a_finished_run_to_the_pipeline_and_names_why_it_stopp
     stop reaches the user with the pipeline's own line."""
     from misc.errors import InputError
     from tools import stage_study
-    fake = tmp_path / 'python'
-    fake.write_text(RECORDER)
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    record = tmp_path / 'record'
-    record.write_bytes(b'')
+    fake, record = fake_python(tmp_path)
     monkeypatch.setenv('PYTHON', str(fake))
     monkeypatch.setenv('RECORD', str(record))
     monkeypatch.setenv('VIS_IMAGES', '0')
@@ -207,8 +208,8 @@ def test_stage_study_hands_a_finished_run_to_the_pipeline_and_names_why_it_stopp
     (work / 'metrics').mkdir(parents=True)
     (work / 'metrics' / 'eval_seg.json').write_text('{}')
     stage_study.run_one(str(work), 'a', 0, 10, False, {'SEG_ITERS': '7'})
-    calls = [c for c in record.read_bytes().split(b'\n\0') if b'run_sample.py' in c]
-    assert calls and all(b'--seed\x0010' in c for c in calls) and any(b'--seg_iters\x007' in c for c in calls)
+    calls = [parse(c) for c in run_sample_calls(record)]
+    assert calls and all(c.seed == 10 for c in calls) and calls[-1].seg_iters == 7
     assert (tmp_path / 'a_s10.log').read_text().startswith('\n===== ')
     stop = ('train_seg: the outputs in x were made with other settings: --seg_iters 300 -> 7; to keep them, give '
             'this run another --work_dir')
