@@ -194,6 +194,32 @@ def test_stage_study_coco_runs_and_gt_oracle(tmp_path):
     assert (o.seg_iters, o.seg_scales, o.seed) == (300, [1.0, 1.0], 10)
 
 
+def test_stage_study_reuses_a_finished_oracle_only_while_its_run_is_the_same(tmp_path, monkeypatch):
+    """A finished oracle goes to the pipeline again while the run it copied from keeps its step records; once the
+    run was made anew (another record digest), the oracle stops and names the step instead of reusing old copies."""
+    from misc import camio, provenance
+    from misc.errors import InputError
+    from tools import stage_study
+    fake, record = fake_python(tmp_path)
+    monkeypatch.setenv('PYTHON', str(fake))
+    monkeypatch.setenv('RECORD', str(record))
+    run = tmp_path / 'a_s10'
+    (run / 'meta').mkdir(parents=True)
+    for f in ('train.txt', 'cls_labels.npz'):
+        (run / 'meta' / f).write_text('')
+    camio.save_json(provenance.record_path(str(run), 'train_sfc'), {'digest': 'd1'})
+    stage_study.run_oracle(str(run), 'seg_crf', 'a', 10, {})
+    oracle = tmp_path / 'a_s10_seg_crf'
+    (oracle / 'metrics').mkdir()
+    (oracle / 'metrics' / 'eval_seg.json').write_text('{"miou": 0.5}')
+    stage_study.run_oracle(str(run), 'seg_crf', 'a', 10, {})
+    assert len(run_sample_calls(record)) == 2  # finished, same run: handed to the pipeline again
+    camio.save_json(provenance.record_path(str(run), 'train_sfc'), {'digest': 'd2'})
+    with pytest.raises(InputError, match='train_sfc'):
+        stage_study.run_oracle(str(run), 'seg_crf', 'a', 10, {})
+    assert len(run_sample_calls(record)) == 2 and (oracle / 'metrics' / 'eval_seg.json').is_file()
+
+
 def test_stage_study_hands_a_finished_run_to_the_pipeline_and_names_why_it_stopped(tmp_path, monkeypatch):
     """A folder that already holds a finished run is not reused on sight: the recipe runs again, so that the
     pipeline's records decide (reuse where the settings match, stop naming the flag where one changed), and that

@@ -235,6 +235,8 @@ EDITS = [
      'INFER_LIST=$META/train_aug_val.txt SEG_TRAIN_LIST=$META/train.txt', ['tests/test_recipes.py'], None),
     ("stage_study's --full GT oracle copies the GT of train only", 'tools/stage_study.py',
      "gt_copy('train_aug.txt' if full else 'train.txt',", "gt_copy('train.txt',", ['tests/test_recipes.py'], None),
+    ('stage_study reuses a finished oracle made from an older run', 'tools/stage_study.py',
+     '        if changed or not os.path.isfile(source):', '        if False:', ['tests/test_recipes.py'], None),
 ]
 
 

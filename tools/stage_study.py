@@ -16,8 +16,8 @@ A set is NAME:VARIANT:DATA_SEED (voc12.synthetic's variant and seed); the names 
            images of 160-240 px): CAMs and CRF labels scored on train2014, DeepLab on val2014
 Each run lives in <work_dir>/<set>_s<seed>/, its log beside it. A re-run hands every run (and oracle) to the pipeline
 again: it reuses the steps made with the same settings and stops, naming the flag that changed, where a setting
-differs (another --work_dir, or deleting the folder, redoes it). Extra environment for run_demo.sh (a setting to try on
-the tuning set, e.g. EXP_TIMES=5) goes after --, as NAME=VALUE.
+differs (another --work_dir, or deleting the folder, redoes it); an oracle also stops once its run was made anew.
+Extra environment for run_demo.sh (a setting to try on the tuning set, e.g. EXP_TIMES=5) goes after --, as NAME=VALUE.
 Writes <work_dir>/stage_study.json and prints one table per set and one of every run.
 
 --oracles also measures, from each finished run, what a stage can reach at this size when its input is perfect or
@@ -120,10 +120,19 @@ def run_oracle(run, oracle, variant, seed, env_extra, full=False):
     work = f'{run}_{oracle}'
     done = os.path.join(work, 'metrics', 'eval_seg.json' if oracle.startswith('seg') else 'eval_sem_seg.json')
     fresh = not os.path.isfile(done)
+    source, made_from = os.path.join(work, 'oracle_source.json'), run_records(run)
     if fresh:
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
         shutil.copytree(os.path.join(run, 'meta'), os.path.join(work, 'meta'))
+        camio.save_json(source, made_from)
+    else:  # what it copied (lists, CAMs) must still be the run's: the run's step records say
+        old = camio.load_json(source) if os.path.isfile(source) else {}
+        changed = sorted(k for k in set(old) | set(made_from) if old.get(k) != made_from.get(k))
+        if changed or not os.path.isfile(source):
+            from misc.errors import InputError
+            raise InputError(f'{work} was made from another run in {run} (changed: '
+                             f'{", ".join(changed) or "no record of its run"}); delete {work} to redo it')
 
     def gt_copy(list_name, dest, *gt_dirs):  # each image's mask from the first of gt_dirs that has it
         for n in open(os.path.join(run, 'meta', list_name)).read().split():
@@ -164,6 +173,13 @@ def run_oracle(run, oracle, variant, seed, env_extra, full=False):
             env['SEG_ITERS'] = str(2 * iters)
     run_logged(['bash', os.path.join(ROOT, 'run_demo.sh'), work] + (['--full'] if full else []), env, work + '.log')
     return stages.stage_values(work)
+
+
+def run_records(run):
+    """{step: digest} of the step records in a run's work dir (misc.provenance): what an oracle copies depends on."""
+    from misc import provenance
+    recs = {step: provenance.load(run, step) for step in provenance.RECORDED_STEPS}
+    return {step: r.get('digest') for step, r in recs.items() if r}
 
 
 def demo_setting(name):
