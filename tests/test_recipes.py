@@ -138,14 +138,17 @@ def test_run_demo_sh_environment_and_flags_after_the_separator(tmp_path):
 
 def test_run_demo_sh_full_makes_pseudo_masks_for_train_aug_and_trains_deeplab_there(tmp_path):
     """The demo makes pseudo masks for train and val and trains DeepLab on train; --full, as the paper, makes them for
-    train_aug and val and trains DeepLab on train_aug. IRN trains on train and val in both."""
+    train_aug and val and trains DeepLab on train_aug, with 900 updates instead of 300. IRN trains on train and val in
+    both."""
     meta = str(tmp_path / 'work' / 'meta')
     for full, infer, seg_train in ((False, 'trainval.txt', 'train.txt'), (True, 'train_aug_val.txt', 'train_aug.txt')):
         sfc, cams, seg = recorded(tmp_path, 'run_demo.sh', *(['--full'] if full else []))
         c, d = parse(cams), parse(seg)
         assert c.infer_list == os.path.join(meta, infer) and c.train_list == os.path.join(meta, 'trainval.txt')
-        assert d.seg_train_list == os.path.join(meta, seg_train) and d.seg_iters == 300
+        assert d.seg_train_list == os.path.join(meta, seg_train) and d.seg_iters == (900 if full else 300)
         assert parse(sfc).train_list == os.path.join(meta, 'train_aug.txt')
+    *_, seg = recorded(tmp_path, 'run_demo.sh', '--full', SEG_ITERS='450')  # the environment wins over --full's 900
+    assert parse(seg).seg_iters == 450
     out = subprocess.run(['bash', os.path.join(ROOT, 'run_demo.sh'), '--quick', '--full'], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 2 and '--quick and --full' in out.stderr
@@ -177,6 +180,9 @@ def test_stage_study_full_gt_oracle_trains_on_the_gt_of_train_aug(tmp_path, monk
     a, = [parse(c) for c in run_sample_calls(record)]  # PARTS=seg: DeepLab's call alone
     assert a.train_seg_pass
     assert a.seg_label_dir == str(gt) and a.seg_train_list.endswith('train_aug.txt')
+    stage_study.run_oracle(str(run), 'seg_x2', 'b', 10, {}, full=True)  # twice the updates of --full, not the demo's
+    *_, x2 = [parse(c) for c in run_sample_calls(record)]
+    assert x2.seg_label_dir == str(run / 'sem_seg') and x2.seg_iters == 1800
 
 
 def test_stage_study_coco_runs_and_gt_oracle(tmp_path):

@@ -131,24 +131,27 @@ def test_demo_recipe_and_ablation_defaults_agree():
             (int(lo), int(hi), int(env['N_TRAIN']), int(env['N_VAL']), int(env['N_AUG'])), recipe
 
 
-@pytest.mark.parametrize('quick', ['False', 'True'])
-def test_stage_study_reads_the_settings_bash_gives(quick):
+@pytest.mark.parametrize('quick, full', [('False', 'False'), ('False', 'True'), ('True', 'False')])
+def test_stage_study_reads_the_settings_bash_gives(quick, full):
     """tools.stage_study passes the demo's settings to run_coco.sh and its oracles: each must be what bash itself sets
-    in run_demo.sh (the demo's value, not the --quick block's, which comes first in the file)."""
+    in run_demo.sh (the demo's value, not the --quick block's, which comes first in the file; with --full, the --full
+    block's where it sets one)."""
     import subprocess
     from tools import stage_study
-    names = sorted({f for f in stage_study.COCO_DEMO if f.isupper()} | {'SEG_CROP', 'SIZE'})
-    script = (f'QUICK={quick}; eval "$(sed -n \'/^if \\[ "\\$QUICK" = True/,/^if \\[ -n "\\${{DATA/p\' run_demo.sh '
-              f'| head -n -1)"; ' + '; '.join(f'echo "${n}"' for n in names))
+    names = sorted({f for f in stage_study.COCO_DEMO if f.isupper()} | {'SEG_CROP', 'SIZE', 'SEG_ITERS'})
+    script = (f'QUICK={quick}; FULL={full}; eval "$(sed -n \'/^if \\[ "\\$QUICK" = True/,/^if \\[ -n "\\${{DATA/p\' '
+              f'run_demo.sh | head -n -1)"; ' + '; '.join(f'echo "${n}"' for n in names))
     out = subprocess.run(['bash', '-c', script], cwd=ROOT, capture_output=True, text=True, env={'PATH': os.environ['PATH']},
                          check=True).stdout.splitlines()
     assert len(out) == len(names) and all(out), out
     bash = dict(zip(names, out))
-    ours = {n: stage_study.demo_setting(n) for n in names}
+    ours = {n: stage_study.demo_setting(n, full == 'True') for n in names}
     if quick == 'False':
         assert ours == bash
     else:  # the quick block's values differ from the demo's, so the comparison above can fail
         assert {n for n in names if ours[n] != bash[n]} >= {'SFC_EPOCHS', 'SEG_ITERS', 'SEG_LR'}
+    if full == 'True':  # --full gives DeepLab more updates than the demo
+        assert int(ours['SEG_ITERS']) > int(stage_study.demo_setting('SEG_ITERS'))
 
 
 def test_ablation_runner_end_to_end(tiny_voc, tmp_path, capsys):

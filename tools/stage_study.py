@@ -169,7 +169,7 @@ def run_oracle(run, oracle, variant, seed, env_extra, full=False):
             env['SEG_LABEL_DIR'] = os.path.join(run, 'ir_label')
         else:
             env['SEG_LABEL_DIR'] = os.path.join(run, 'sem_seg')
-            iters = int(env_extra.get('SEG_ITERS') or demo_setting('SEG_ITERS'))
+            iters = int(env_extra.get('SEG_ITERS') or demo_setting('SEG_ITERS', full))
             env['SEG_ITERS'] = str(2 * iters)
     run_logged(['bash', os.path.join(ROOT, 'run_demo.sh'), work] + (['--full'] if full else []), env, work + '.log')
     return stages.stage_values(work)
@@ -182,12 +182,19 @@ def run_records(run):
     return {step: r.get('digest') for step, r in recs.items() if r}
 
 
-def demo_setting(name):
-    """A setting's default in the demo (not --quick) as run_demo.sh writes it (NAME=${NAME:-value}): the last such
-    line, since the --quick block sets its own values first."""
+def demo_setting(name, full=False):
+    """A setting's default in the demo (not --quick; with full, --full) as run_demo.sh writes it (NAME=${NAME:-value}):
+    the --full block's value where it sets one, else the last such line, since the --quick block sets its own values
+    first."""
     import re
     text = open(os.path.join(ROOT, 'run_demo.sh'), encoding='utf-8').read()
-    m = re.findall(rf'{name}=\$\{{{name}:-([^}}]+)\}}', text)
+    pattern = rf'{name}=\$\{{{name}:-([^}}]+)\}}'
+    if full:
+        for block in re.findall(r'^if \[ "\$FULL" = True \]; then[^\n]*\n(.*?)^fi$', text, re.S | re.M):
+            m = re.findall(pattern, block)
+            if m:
+                return m[-1]
+    m = re.findall(pattern, text)
     if not m:
         raise ValueError(f'run_demo.sh has no overridable {name}')
     return m[-1]
