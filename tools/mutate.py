@@ -221,8 +221,9 @@ EDITS = [
      ['tests/test_authors_constants.py'], None),
     ("run_demo.sh leaves DeepLab's crops at the recipe's rescaling", 'run_demo.sh',
      '--seg_lr "$SEG_LR" --seg_scales $SEG_SCALES', '--seg_lr "$SEG_LR"', ['tests/test_recipes.py'], None),
-    ("stage_study reads the --quick block's settings as the demo's", 'tools/stage_study.py', '    return m[-1]',
-     '    return m[0]', ['tests/test_standin.py'], None),
+    ("stage_study reads the --quick block's settings as the demo's", 'tools/stage_study.py',
+     "        raise ValueError(f'run_demo.sh has no overridable {name}')\n    return m[-1]",
+     "        raise ValueError(f'run_demo.sh has no overridable {name}')\n    return m[0]", ['tests/test_standin.py'], None),
     ('stage_study reuses a folder that holds a finished run without asking the pipeline', 'tools/stage_study.py',
      "    env = dict(os.environ, SEED=str(seed), DATA_SEED=str(data_seed), **env_extra)",
      "    if os.path.isfile(os.path.join(work, 'metrics', 'eval_seg.json')):\n        return 0.0\n"
@@ -237,6 +238,11 @@ EDITS = [
      "gt_copy('train_aug.txt' if full else 'train.txt',", "gt_copy('train.txt',", ['tests/test_recipes.py'], None),
     ('stage_study reuses a finished oracle made from an older run', 'tools/stage_study.py',
      '        if changed or not os.path.isfile(source):', '        if False:', ['tests/test_recipes.py'], None),
+    ("stage_study's --full oracles read the demo's settings, not --full's", 'tools/stage_study.py',
+     '    if full:\n        for block in', '    if False:\n        for block in',
+     ['tests/test_standin.py', 'tests/test_recipes.py'], None),
+    ("run_demo.sh --full gives DeepLab the demo's 300 updates", 'run_demo.sh', '  SEG_ITERS=${SEG_ITERS:-900}',
+     '  SEG_ITERS=${SEG_ITERS:-300}', ['tests/test_recipes.py', 'tests/test_standin.py'], None),
 ]
 
 
