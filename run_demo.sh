@@ -7,7 +7,7 @@
 #   bash run_demo.sh --quick [WORK_DIR]    a first look in about 3 minutes: smaller images, fewer steps
 #   bash run_demo.sh --full [WORK_DIR]     the paper's lists: pseudo masks for train_aug too, DeepLab on its 1 200
 #                                          images with 900 updates instead of train's 200 with 300 (work/demo_full,
-#                                          about 19 minutes)
+#                                          about 20 minutes)
 #   bash run_demo.sh --variant b|c|d       the same recipe on a differently generated set (work/demo_b, ...)
 #   DATA=/path/VOC2012 bash run_demo.sh    the same recipe on any VOC-format root (nothing generated)
 #   bash run_demo.sh --plan                what each step would cost on this machine (nothing is run)
