@@ -3,6 +3,7 @@ flags after the recipe's own win over both, the DeepLab recipe switch switches, 
 select the steps they name. The recipes run here with a stand-in interpreter (PYTHON=) that records each command
 it is given instead of running it; run_sample's own parser then reads the recorded commands."""
 import os
+import shutil
 import stat
 import subprocess
 
@@ -183,6 +184,10 @@ def test_stage_study_full_gt_oracle_trains_on_the_gt_of_train_aug(tmp_path, monk
     stage_study.run_oracle(str(run), 'seg_x2', 'b', 10, {}, full=True)  # twice the updates of --full, not the demo's
     *_, x2 = [parse(c) for c in run_sample_calls(record)]
     assert x2.seg_label_dir == str(run / 'sem_seg') and x2.seg_iters == 1800
+    monkeypatch.setenv('SEG_ITERS', '450')  # the run got its updates from the environment: the oracle doubles those
+    shutil.rmtree(tmp_path / 'b_s10_seg_x2')
+    stage_study.run_oracle(str(run), 'seg_x2', 'b', 10, {}, full=True)
+    assert parse(run_sample_calls(record)[-1]).seg_iters == 900
 
 
 def test_stage_study_coco_runs_and_gt_oracle(tmp_path):

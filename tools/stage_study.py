@@ -169,7 +169,7 @@ def run_oracle(run, oracle, variant, seed, env_extra, full=False):
             env['SEG_LABEL_DIR'] = os.path.join(run, 'ir_label')
         else:
             env['SEG_LABEL_DIR'] = os.path.join(run, 'sem_seg')
-            iters = int(env_extra.get('SEG_ITERS') or demo_setting('SEG_ITERS', full))
+            iters = int(env.get('SEG_ITERS') or demo_setting('SEG_ITERS', full))  # what run_demo.sh gave the run
             env['SEG_ITERS'] = str(2 * iters)
     run_logged(['bash', os.path.join(ROOT, 'run_demo.sh'), work] + (['--full'] if full else []), env, work + '.log')
     return stages.stage_values(work)
