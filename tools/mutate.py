@@ -243,6 +243,14 @@ EDITS = [
      ['tests/test_standin.py', 'tests/test_recipes.py'], None),
     ("run_demo.sh --full gives DeepLab the demo's 300 updates", 'run_demo.sh', '  SEG_ITERS=${SEG_ITERS:-900}',
      '  SEG_ITERS=${SEG_ITERS:-300}', ['tests/test_recipes.py', 'tests/test_standin.py'], None),
+    ("walk_oracle walks with args.json's flags, not make_sem_seg's record", 'tools/walk_oracle.py',
+     "**{**camio.load_json(path), **record['flags']}", "**{**record['flags'], **camio.load_json(path)}",
+     ['tests/test_walk_oracle.py'], None),
+    ("walk_oracle marks the pixel above a vertical change, not the one below", 'tools/walk_oracle.py',
+     '    b[1:, :] |= g[1:, :] != g[:-1, :]', '    b[:-1, :] |= g[1:, :] != g[:-1, :]',
+     ['tests/test_walk_oracle.py'], None),
+    ('walk_oracle ignores --bg_values', 'tools/walk_oracle.py', '                if p is not None:',
+     '                if False:', ['tests/test_walk_oracle.py'], None),
 ]
 
 
