@@ -18,7 +18,7 @@ PAGES = [os.path.join(ROOT, 'README.md')] + sorted(glob.glob(os.path.join(ROOT, 
 MODULES = ['voc12.make_cls_labels', 'voc12.synthetic', 'coco14.make_cls_labels', 'coco14.synthetic', 'misc.check_data',
            'misc.visualize', 'misc.stages', 'misc.figure', 'tools.ablation', 'tools.amp_check', 'tools.cam_fidelity',
            'tools.stage_study', 'tools.mutate', 'tools.pretrain_backbone', 'tools.benchmark', 'tools.full_plan',
-           'tools.device_check']
+           'tools.device_check', 'tools.walk_oracle']
 # flags of other programs the docs show: torchrun's, sbatch's, pip's, pytest's
 FOREIGN = {'--standalone', '--nproc_per_node', '--nnodes', '--node_rank', '--master_addr', '--master_port',
            '--rdzv_backend', '--rdzv_endpoint', '--rdzv_id', '--index-url', '--job-name', '--nodes', '--ntasks-per-node',

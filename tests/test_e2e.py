@@ -137,6 +137,12 @@ def test_pipeline_through_eval_sem_seg(tiny_voc, tmp_path):
     with pytest.raises(StaleOutput, match='--exp_times 4 -> 8'):
         run_sample.main(base_args(tiny_voc, work, '--infer_list', val, '--make_sem_seg_pass', 'True',
                                   '--irn_crop_size_infer', '96'))
+    # the GT-boundary oracle walks with what made the masks (exp_times 4), and runs this IRN for --irn_edges
+    from tools import walk_oracle
+    assert walk_oracle.load_run(work).exp_times == 4
+    scores = walk_oracle.main([work, '--bg_values', '0.25', '--irn_edges'])
+    assert 0 <= scores['soft', 0.25]['miou'] <= 1
+    assert 0 <= scores['irn_edges']['boundary_found'] <= 1 and 0 <= scores['irn_edges']['other_marked'] <= 1
 
 
 def test_eval_sem_seg_scores_by_hand(tiny_voc, tmp_path):

@@ -73,3 +73,19 @@ def test_walk_oracle_names_a_run_without_pseudo_masks(tmp_path):
     (tmp_path / 'args.json').write_text('{}')
     with pytest.raises(MissingInput, match='record of make_sem_seg'):
         walk_oracle.load_run(str(tmp_path))
+
+
+def test_walk_oracle_edge_agreement_by_hand():
+    """The 6 x 8 labels above: 'band' cells (0,0), (1,0), (1,1) are on a boundary, (0,1) is not. IRN's map is larger
+    than the GT map (cropped); 0.5 itself is not above the threshold."""
+    import torch
+
+    from tools.walk_oracle import edge_agreement
+    gt = np.zeros((6, 8), np.uint8)
+    gt[:, :3] = 1
+    gt[5, 7] = 255
+    edge = torch.tensor([[[0.6, 0.9, 1.0], [0.4, 0.5, 1.0], [1.0, 1.0, 1.0]]])
+    assert edge_agreement(edge, gt) == (3, 1, 1, 1)
+    assert edge_agreement(edge, gt, threshold=0.3) == (3, 3, 1, 1)
+    with pytest.raises(Exception, match='smaller than the GT boundary map'):
+        edge_agreement(edge[:, :1], gt)

@@ -251,6 +251,8 @@ EDITS = [
      ['tests/test_walk_oracle.py'], None),
     ('walk_oracle ignores --bg_values', 'tools/walk_oracle.py', '                if p is not None:',
      '                if False:', ['tests/test_walk_oracle.py'], None),
+    ('walk_oracle counts an edge of exactly 0.5 as found', 'tools/walk_oracle.py', '    above = e > threshold',
+     '    above = e >= threshold', ['tests/test_walk_oracle.py'], None),
 ]
 
 

@@ -6,14 +6,17 @@ from the ground truth instead of IRN's: an oracle for IRN's edge network (run it
 
 The walk is make_sem_seg's own (step.make_sem_seg.pseudo_label) with the settings the run's make_sem_seg used (its
 step record: CAM weight and powers, radius, beta, walk length, and the background plane unless --bg_values), on the
-run's CAMs; only the stride-4 boundary map differs. A pixel is on a GT boundary when its upper or left neighbour has another label, or
-when it is void (255). A stride-4 cell's boundary value is
+run's CAMs; only the stride-4 boundary map differs. A pixel is on a GT boundary when its upper or left neighbour
+has another label, or when it is void (255). A stride-4 cell's boundary value is
     soft   the share of its 16 pixels on a boundary: a straight boundary through a cell gives 0.25 (IRN's maps are
            soft too, values in [0, 1]; the default)
     band   1 where any of its pixels is on a boundary: each such cell blocks the walk and keeps no score of its own,
            a boundary 4 px thick (a lower figure than soft on every run we tried)
 Prints the mIoU of each (edges, plane), and a per-class table of the first beside the run's CAM and IRN masks
-(metrics/eval_cam.json, metrics/eval_sem_seg.json). Writes nothing.
+(metrics/eval_cam.json, metrics/eval_sem_seg.json). With --irn_edges it also runs the run's IRN on the images (as
+make_sem_seg: the image and its flip, fp32 on the CPU) and says how its edge map meets the GT boundaries: the share of
+the cells a boundary crosses ('band' cells) where IRN's edge exceeds 0.5, and the share of the other cells where it
+does. Writes nothing.
 """
 import argparse
 import os
@@ -49,6 +52,40 @@ def gt_boundary_map(gt, mode='soft'):
     return pool(padded, 4)[0]
 
 
+def edge_agreement(edge, gt, threshold=0.5):
+    """IRN's stride-4 edge map (1, h, w) (h, w at least the GT map's; cropped) against a GT label array -> counts
+    (boundary cells, those with edge > threshold, other cells, those with edge > threshold); boundary cells are the
+    'band' map's."""
+    band = gt_boundary_map(gt, 'band')[0] > 0
+    e = edge[0, :band.shape[0], :band.shape[1]].float().cpu()
+    if e.shape != band.shape:
+        raise BadInput(f'edge map {tuple(edge.shape)} is smaller than the GT boundary map {tuple(band.shape)}')
+    above = e > threshold
+    return (int(band.sum()), int((above & band).sum()), int((~band).sum()), int((above & ~band).sum()))
+
+
+def irn_edge_agreement(args, lst, device='cpu'):
+    """edge_agreement summed over the images of list file `lst`, with the run's IRN weights and make_sem_seg's crop."""
+    import torch
+    from misc.dataset import get_dataset
+    from step.make_sem_seg import load_edge_model
+    ds_mod = get_dataset(args)
+    net_args = types.SimpleNamespace(**dict(vars(args), cam_fold_bn=False, channels_last=False))
+    if not os.path.isfile(str(getattr(args, 'irn_weights', ''))):
+        raise MissingInput(f'IRN weights {getattr(args, "irn_weights", None)} are missing: --irn_edges needs the '
+                           f'run\'s ckpt/ (train_irn)')
+    model = load_edge_model(net_args, torch.device(device))
+    ds = ds_mod.ClassificationDatasetMSF(lst, args.dataset_root, args.cls_labels, scales=(1.0,))
+    total = np.zeros(4, np.int64)
+    for i in range(len(ds)):
+        pack = ds[i]
+        gt = ds_mod.load_gt(args.dataset_root, pack['name'], ds_mod.ImageDataset.layout)
+        with torch.inference_mode():
+            edge, _ = model(torch.as_tensor(pack['img'][0]).to(device))
+        total += edge_agreement(edge, gt)
+    return total
+
+
 def load_run(run):
     """What the run's make_sem_seg was run with: args.json (paths, dataset), overlaid with the settings its step record
     kept (args.json holds the last call's flags, which need not be make_sem_seg's)."""
@@ -56,8 +93,9 @@ def load_run(run):
     path = os.path.join(run, 'args.json')
     record = provenance.load(run, 'make_sem_seg') if os.path.isfile(path) else None
     if not record or 'flags' not in record:
-        raise MissingInput(f'{run} has no {"readable record of make_sem_seg" if os.path.isfile(path) else "args.json"}: give '
-                           f'the work directory of a run that made its pseudo masks (--make_sem_seg_pass True)')
+        what = 'readable record of make_sem_seg' if os.path.isfile(path) else 'args.json'
+        raise MissingInput(f'{run} has no {what}: give the work directory of a run that made its pseudo masks '
+                           f'(--make_sem_seg_pass True)')
     return types.SimpleNamespace(**{**camio.load_json(path), **record['flags']})
 
 
@@ -93,6 +131,8 @@ def main(argv=None):
     p.add_argument('--bg_values', nargs='+', type=float, default=None,
                    help="background planes to try (default: the run's --sem_seg_bg_value)")
     p.add_argument('--edges', nargs='+', choices=EDGES, default=['soft'], help='GT boundary maps to try')
+    p.add_argument('--irn_edges', action='store_true',
+                   help="also score the run's IRN edge map against the GT boundaries (runs IRN on the images)")
     a = p.parse_args(argv)
     import torch
     from misc.dataset import get_dataset
@@ -109,7 +149,8 @@ def main(argv=None):
     print(f'{a.run}: CAMs walked on GT boundaries, {len(names)} images of {lst} (beta {args.beta}, '
           f'T^{2 ** args.exp_times}, radius {args.sem_seg_radius})')
     scores = {k: scores_from_confusion(c) for k, c in conf.items()}
-    print(format_table(['edges', 'background plane', 'mIoU'], [[e, f'{pl:g}', s['miou']] for (e, pl), s in scores.items()]))
+    print(format_table(['edges', 'background plane', 'mIoU'],
+                       [[e, f'{pl:g}', s['miou']] for (e, pl), s in scores.items()]))
     first = scores[a.edges[0], planes[0]]
     classes = get_dataset(args).ImageDataset.layout.class_names()
     cols, ref = [], {}
@@ -127,6 +168,11 @@ def main(argv=None):
     print(f'per class (GT boundaries: {a.edges[0]}, plane {planes[0]:g}; CAM: the best of the sources eval_cam '
           'scored):')
     print(format_table(['class'] + cols + ['GT boundaries'], rows))
+    if a.irn_edges:
+        on, on_above, off, off_above = irn_edge_agreement(args, lst)
+        scores['irn_edges'] = {'boundary_found': on_above / max(1, on), 'other_marked': off_above / max(1, off)}
+        print(f"IRN's edge map (> 0.5): {scores['irn_edges']['boundary_found']:.3f} of the {on} cells a GT boundary "
+              f"crosses, {scores['irn_edges']['other_marked']:.3f} of the {off} other cells")
     return scores
 
 
