@@ -134,11 +134,9 @@ def main(argv=None):
     p.add_argument('--irn_edges', action='store_true',
                    help="also score the run's IRN edge map against the GT boundaries (runs IRN on the images)")
     a = p.parse_args(argv)
-    import torch
     from misc.dataset import get_dataset
     from misc.metrics import scores_from_confusion
     from misc.pyutils import format_table
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     args = load_run(a.run)
     lst = a.list or args.eval_list
     names = get_dataset(args).ImageDataset(lst, args.dataset_root).names
