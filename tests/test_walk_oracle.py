@@ -46,7 +46,13 @@ def test_walk_oracle_walks_the_runs_cams_with_its_make_sem_seg_settings(tiny_voc
     camio.save_json(str(run / 'args.json'), dict(walk, exp_times=8, sem_seg_bg_value=0.25, dataset='voc12',
                                                  dataset_root=tiny_voc['root'], cam_dir=str(run / 'cam'),
                                                  eval_list=str(lst), metrics_dir=str(run / 'metrics')))
-    camio.save_json(provenance.record_path(str(run), 'make_sem_seg'), {'step': 'make_sem_seg', 'flags': walk})
+    made_from = {'cam_dir': provenance.identity(str(run), 'folder', str(run / 'cam')), 'irn_weights': 'none'}
+    record = {'step': 'make_sem_seg', 'flags': walk, 'inputs': made_from}
+    camio.save_json(provenance.record_path(str(run), 'make_sem_seg'), dict(record, inputs=dict(
+        made_from, cam_dir='make_cam record 0123456789abcdef')))  # masks made from CAMs that are no longer there
+    with pytest.raises(provenance.StaleOutput, match='--cam_dir is not what made the pseudo masks'):
+        walk_oracle.load_run(str(run))
+    camio.save_json(provenance.record_path(str(run), 'make_sem_seg'), record)
     args = walk_oracle.load_run(str(run))
     got = walk_oracle.oracle_confusions(args, names, ('soft', 'band'), (None, 0.7))
     for e in ('soft', 'band'):
@@ -87,5 +93,6 @@ def test_walk_oracle_edge_agreement_by_hand():
     edge = torch.tensor([[[0.6, 0.9, 1.0], [0.4, 0.5, 1.0], [1.0, 1.0, 1.0]]])
     assert edge_agreement(edge, gt) == (3, 1, 1, 1)
     assert edge_agreement(edge, gt, threshold=0.3) == (3, 3, 1, 1)
-    with pytest.raises(Exception, match='smaller than the GT boundary map'):
+    from misc.errors import BadInput
+    with pytest.raises(BadInput, match='smaller than the GT boundary map'):
         edge_agreement(edge[:, :1], gt)

@@ -249,8 +249,10 @@ EDITS = [
     ("walk_oracle marks the pixel above a vertical change, not the one below", 'tools/walk_oracle.py',
      '    b[1:, :] |= g[1:, :] != g[:-1, :]', '    b[:-1, :] |= g[1:, :] != g[:-1, :]',
      ['tests/test_walk_oracle.py'], None),
-    ('walk_oracle ignores --bg_values', 'tools/walk_oracle.py', '                if p is not None:',
-     '                if False:', ['tests/test_walk_oracle.py'], None),
+    ('walk_oracle ignores --bg_values', 'tools/walk_oracle.py', "({} if p is None else {'sem_seg_bg_value': p})",
+     '{}', ['tests/test_walk_oracle.py'], None),
+    ('walk_oracle walks CAMs remade after the pseudo masks', 'tools/walk_oracle.py', '            if now != then:',
+     '            if False:', ['tests/test_walk_oracle.py'], None),
     ('walk_oracle counts an edge of exactly 0.5 as found', 'tools/walk_oracle.py', '    above = e > threshold',
      '    above = e >= threshold', ['tests/test_walk_oracle.py'], None),
 ]

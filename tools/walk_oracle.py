@@ -70,10 +70,10 @@ def irn_edge_agreement(args, lst, device='cpu'):
     from misc.dataset import get_dataset
     from step.make_sem_seg import load_edge_model
     ds_mod = get_dataset(args)
-    net_args = types.SimpleNamespace(**dict(vars(args), cam_fold_bn=False, channels_last=False))
     if not os.path.isfile(str(getattr(args, 'irn_weights', ''))):
         raise MissingInput(f'IRN weights {getattr(args, "irn_weights", None)} are missing: --irn_edges needs the '
                            f'run\'s ckpt/ (train_irn)')
+    net_args = types.SimpleNamespace(**dict(vars(args), cam_fold_bn=False, channels_last=False))
     model = load_edge_model(net_args, torch.device(device))
     ds = ds_mod.ClassificationDatasetMSF(lst, args.dataset_root, args.cls_labels, scales=(1.0,))
     total = np.zeros(4, np.int64)
@@ -96,7 +96,16 @@ def load_run(run):
         what = 'readable record of make_sem_seg' if os.path.isfile(path) else 'args.json'
         raise MissingInput(f'{run} has no {what}: give the work directory of a run that made its pseudo masks '
                            f'(--make_sem_seg_pass True)')
-    return types.SimpleNamespace(**{**camio.load_json(path), **record['flags']})
+    args = types.SimpleNamespace(**{**camio.load_json(path), **record['flags']})
+    args.work_dir = run
+    for flag, kind in provenance.STEP_INPUTS['make_sem_seg']:  # the CAMs / IRN it would use are those of the masks
+        if flag in ('cam_dir', 'irn_weights'):
+            now, then = provenance.identity(run, kind, getattr(args, flag, None)), record.get('inputs', {}).get(flag)
+            if now != then:
+                raise provenance.StaleOutput(f'{run}: --{flag} is not what made the pseudo masks (then: {then}; '
+                                             f'now: {now}); re-run make_sem_seg first, so that the oracle and the '
+                                             f'masks it is compared with walk the same CAMs and IRN')
+    return args
 
 
 def oracle_confusions(args, names, edges=('soft',), bg_values=(None,)):
@@ -108,6 +117,8 @@ def oracle_confusions(args, names, edges=('soft',), bg_values=(None,)):
     ds = get_dataset(args)
     n = num_classes(args)
     conf = {(e, p): np.zeros((n, n), np.int64) for e in edges for p in bg_values}
+    walks = {p: types.SimpleNamespace(**dict(vars(args), **({} if p is None else {'sem_seg_bg_value': p})))
+             for p in bg_values}
     for name in names:
         gt = ds.load_gt(args.dataset_root, name, ds.ImageDataset.layout)
         cams = camio.load_cam(camio.cam_path(args.cam_dir, name))
@@ -116,10 +127,7 @@ def oracle_confusions(args, names, edges=('soft',), bg_values=(None,)):
         for e in edges:
             edge = gt_boundary_map(gt, e)
             for p in bg_values:
-                walk = types.SimpleNamespace(**vars(args))
-                if p is not None:
-                    walk.sem_seg_bg_value = p
-                conf[e, p] += confusion_of(gt, pseudo_label(cams, edge, gt.shape, walk), n, name)
+                conf[e, p] += confusion_of(gt, pseudo_label(cams, edge, gt.shape, walks[p]), n, name)
     return conf
 
 
